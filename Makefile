@@ -1,0 +1,37 @@
+# metarl-jax: fresh clone -> `make run` (main job) or `make test` (test suite).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: run test install install-dev bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(STAMP)
+
+## The main job: a short second-order MAML run on 2D navigation, with plots and an adaptation curve.
+run: $(VENV)/.installed
+	$(PY) -m experiments.maml_navigation
+
+## The default test suite (about 10 minutes on 2 CPU cores at most).
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+## Throughput benchmark (prints JSON lines).
+bench: $(VENV)/.installed
+	$(PY) -m experiments.benchmark_speed
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,322 @@
+"""Any gymnax environment becomes a task family by giving its parameters a distribution.
+
+``RandomizedParams(env, {"field": Uniform(lo, hi), ...})`` is a
+:class:`~metarl_jax.tasks.base.TaskFamily` whose task is the wrapped env's
+``EnvParams`` with the named fields replaced by independent draws:
+
+    theta = derived(replace(env.default_params, f_1 = x_1, ..., f_n = x_n)),
+    x_i ~ D_i independently.
+
+``derived`` (optional, ``params -> params``, jittable) recomputes fields that
+are functions of others, e.g. CartPole's ``total_mass = masscart + masspole``.
+Everything else (reset, step, termination, spaces) is the wrapped env's own,
+called with the task's params, so the task stays fixed across episodes: the
+wrapped env's ``reset_env`` only draws an initial state.
+
+Observations are made float32 vectors of shape ``(obs_dim,)``: a ``Box``
+observation of any shape/dtype is flattened and cast; a ``Discrete(n)``
+observation (an integer index) is one-hot encoded into ``n`` floats.
+Rewards are cast to float32 and termination flags to bool.
+
+Ready-made families: :func:`cartpole_family`, :func:`acrobot_family`,
+:func:`pendulum_family`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from gymnax.environments import environment, spaces
+from gymnax.environments.classic_control import acrobot, cartpole, pendulum
+
+from metarl_jax.tasks.base import TaskFamily
+
+# ----------------------------------------------------------------------------- distributions
+
+
+class Distribution(Protocol):
+    """A scalar distribution: ``sample(key) -> float32 scalar``."""
+
+    def sample(self, key: jax.Array) -> jax.Array: ...
+
+
+def _check_bounds(cls: str, low: Any, high: Any, positive: bool) -> None:
+    for field, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise ValueError(f"{cls}.{field}={value!r} is invalid: must be a finite number")
+        if not math.isfinite(value):
+            raise ValueError(f"{cls}.{field}={value!r} is invalid: must be a finite number")
+        if positive and not value > 0:
+            raise ValueError(f"{cls}.{field}={value!r} is invalid: must be > 0")
+    if low > high:
+        raise ValueError(f"{cls}.low={low!r} is invalid: must be <= high={high!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Uniform:
+    """``x ~ U[low, high]`` (float32 scalar)."""
+
+    low: float
+    high: float
+
+    def __post_init__(self):
+        _check_bounds("Uniform", self.low, self.high, positive=False)
+
+    def sample(self, key: jax.Array) -> jax.Array:
+        return jax.random.uniform(key, (), jnp.float32, self.low, self.high)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogUniform:
+    """``log x ~ U[log low, log high]`` (float32 scalar); requires ``0 < low <= high``."""
+
+    low: float
+    high: float
+
+    def __post_init__(self):
+        _check_bounds("LogUniform", self.low, self.high, positive=True)
+
+    def sample(self, key: jax.Array) -> jax.Array:
+        log_x = jax.random.uniform(key, (), jnp.float32, math.log(self.low), math.log(self.high))
+        return jnp.exp(log_x)
+
+
+# ----------------------------------------------------------------------------- the wrapper
+
+
+def _sampleable_fields(params: environment.EnvParams) -> list[str]:
+    """Scalar numeric fields of an ``EnvParams`` (``max_steps_in_episode`` excluded)."""
+    names = []
+    for field in dataclasses.fields(params):
+        value = getattr(params, field.name)
+        if field.name == "max_steps_in_episode" or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float, np.number)) or (
+            isinstance(value, jax.Array | np.ndarray)
+            and value.ndim == 0
+            and jnp.issubdtype(value.dtype, jnp.number)
+        ):
+            names.append(field.name)
+    return sorted(names)
+
+
+def _floats_to_float32(params: environment.EnvParams) -> environment.EnvParams:
+    """Python-float leaves -> float32 arrays, so sampled and fixed fields share one dtype."""
+    return jax.tree.map(
+        lambda x: jnp.asarray(x, jnp.float32) if isinstance(x, float) else x, params
+    )
+
+
+class RandomizedParams(TaskFamily):
+    """A gymnax env whose ``EnvParams`` fields are drawn from given distributions, one draw per task.
+
+    Args:
+      env: any gymnax ``Environment``.
+      distributions: ``{field name: distribution}``; each distribution has
+        ``sample(key) -> scalar``. Fields must be scalar numeric fields of
+        ``env.default_params`` other than ``max_steps_in_episode``.
+      derived: optional jittable ``params -> params`` applied after sampling
+        (keeps dependent fields consistent).
+      name: the family's name (default ``"<env.name>-randomized"``).
+      horizon: optional episode length overriding the env's
+        ``max_steps_in_episode``.
+    """
+
+    def __init__(
+        self,
+        env: environment.Environment,
+        distributions: Mapping[str, Distribution],
+        derived: Callable[[Any], Any] | None = None,
+        name: str | None = None,
+        horizon: int | None = None,
+    ):
+        super().__init__()
+        if not isinstance(env, environment.Environment):
+            raise ValueError(f"env={env!r} is invalid: must be a gymnax Environment")
+        if not isinstance(distributions, Mapping):
+            raise ValueError(
+                f"distributions={distributions!r} is invalid: must be a mapping field -> distribution"
+            )
+        allowed = _sampleable_fields(env.default_params)
+        for field, dist in distributions.items():
+            if field not in allowed:
+                raise ValueError(
+                    f"distributions[{field!r}] is invalid: {field!r} is not a sampleable "
+                    f"field of {type(env).__name__} params; allowed fields: {allowed}"
+                )
+            if not callable(getattr(dist, "sample", None)):
+                raise ValueError(
+                    f"distributions[{field!r}]={dist!r} is invalid: must have sample(key)"
+                )
+        if derived is not None and not callable(derived):
+            raise ValueError(f"derived={derived!r} is invalid: must be a function params -> params")
+        if horizon is not None and (
+            isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1
+        ):
+            raise ValueError(f"horizon={horizon!r} is invalid: must be None or an integer >= 1")
+        self.env = env
+        self.distributions = dict(sorted(distributions.items()))
+        self.derived = derived
+        self.horizon = None if horizon is None else int(horizon)
+        self._name = name
+
+    # --- the task distribution
+
+    @property
+    def default_params(self):
+        """The wrapped env's defaults (with ``horizon`` applied), passed through ``derived``."""
+        params = self.env.default_params
+        if self.horizon is not None:
+            params = params.replace(max_steps_in_episode=self.horizon)
+        if self.derived is not None:
+            params = self.derived(params)
+        return params
+
+    def sample_params(self, key: jax.Array):
+        """Defaults with every named field replaced by an independent draw, then ``derived``."""
+        params = self.env.default_params
+        if self.horizon is not None:
+            params = params.replace(max_steps_in_episode=self.horizon)
+        if self.distributions:
+            keys = jax.random.split(key, len(self.distributions))
+            draws = {
+                field: dist.sample(k)
+                for (field, dist), k in zip(self.distributions.items(), keys, strict=True)
+            }
+            params = params.replace(**draws)
+        if self.derived is not None:
+            params = self.derived(params)
+        return _floats_to_float32(params)
+
+    # --- observation encoding
+
+    def _to_vector(self, obs: jax.Array, params) -> jax.Array:
+        """Box obs -> flat float32; Discrete(n) obs -> one-hot float32 ``[n]``."""
+        space = self.env.observation_space(params)
+        if isinstance(space, spaces.Discrete):
+            return jax.nn.one_hot(obs, space.n, dtype=jnp.float32).reshape(-1)
+        return jnp.reshape(obs, (-1,)).astype(jnp.float32)
+
+    # --- delegation to the wrapped env
+
+    def reset_env(self, key: jax.Array, params):
+        obs, state = self.env.reset_env(key, params)
+        return self._to_vector(obs, params), state
+
+    def step_env(self, key: jax.Array, state, action, params):
+        obs, state, reward, terminated, info = self.env.step_env(key, state, action, params)
+        reward = jnp.asarray(reward, jnp.float32)
+        terminated = jnp.asarray(terminated, bool)
+        return self._to_vector(obs, params), state, reward, terminated, info
+
+    def observe(self, key, state, action, params):
+        return self._to_vector(self.env.observe(key, state, action, params), params)
+
+    def get_obs(self, state, params=None, key=None):
+        params = self.default_params if params is None else params
+        return self._to_vector(self.env.observe(key, state, None, params), params)
+
+    def is_terminated(self, state, params):
+        return self.env.is_terminated(state, params)
+
+    def is_truncated(self, state, params):
+        return self.env.is_truncated(state, params)
+
+    def discount(self, state, params):
+        return self.env.discount(state, params)
+
+    @property
+    def num_actions(self) -> int:
+        return self.env.num_actions
+
+    def action_space(self, params=None):
+        return self.env.action_space(self.default_params if params is None else params)
+
+    def observation_space(self, params=None) -> spaces.Box:
+        """The wrapped space, flattened (Box) or one-hot (Discrete), as a float32 ``Box((obs_dim,))``."""
+        params = self.default_params if params is None else params
+        space = self.env.observation_space(params)
+        if isinstance(space, spaces.Discrete):
+            return spaces.Box(0.0, 1.0, (space.n,), jnp.float32)
+        if isinstance(space, spaces.Box):
+            size = int(np.prod(space.shape))
+            low = jnp.broadcast_to(jnp.asarray(space.low, jnp.float32), space.shape).reshape(size)
+            high = jnp.broadcast_to(jnp.asarray(space.high, jnp.float32), space.shape).reshape(size)
+            return spaces.Box(low, high, (size,), jnp.float32)
+        raise NotImplementedError(
+            f"{type(self.env).__name__} has a {type(space).__name__} observation space; "
+            "only Box and Discrete can be made flat vectors"
+        )
+
+    def state_space(self, params):
+        return self.env.state_space(params)
+
+    @property
+    def supports_transition_gradients(self) -> bool:
+        return self.env.supports_transition_gradients
+
+    @property
+    def transition_gradients_enabled(self) -> bool:
+        return self.env.transition_gradients_enabled
+
+    def with_transition_gradients(self) -> RandomizedParams:
+        """A copy whose wrapped env keeps transition gradients (if it supports them)."""
+        configured = copy.copy(self)
+        configured.env = self.env.with_transition_gradients()
+        return configured
+
+    @property
+    def name(self) -> str:
+        return self._name if self._name is not None else f"{self.env.name}-randomized"
+
+
+# ----------------------------------------------------------------------------- ready-made families
+
+
+def cartpole_derived(params: cartpole.EnvParams) -> cartpole.EnvParams:
+    """CartPole's dependent fields: ``total_mass = masscart + masspole``, ``polemass_length = masspole * length``."""
+    return params.replace(
+        total_mass=params.masscart + params.masspole,
+        polemass_length=params.masspole * params.length,
+    )
+
+
+def cartpole_family(horizon: int | None = None) -> RandomizedParams:
+    """CartPole-v1 with pole (half-)length ``length ~ U[0.25, 1.0]`` and ``masspole ~ U[0.05, 0.5]``.
+
+    gymnax's ``length`` is the half-length of the pole (0.5 by default), as in gym.
+    """
+    return RandomizedParams(
+        cartpole.CartPole(),
+        {"length": Uniform(0.25, 1.0), "masspole": Uniform(0.05, 0.5)},
+        derived=cartpole_derived,
+        name="CartPole-v1-randomized",
+        horizon=horizon,
+    )
+
+
+def acrobot_family(horizon: int | None = None) -> RandomizedParams:
+    """Acrobot-v1 with ``link_mass_1, link_mass_2 ~ U[0.5, 1.5]``."""
+    return RandomizedParams(
+        acrobot.Acrobot(),
+        {"link_mass_1": Uniform(0.5, 1.5), "link_mass_2": Uniform(0.5, 1.5)},
+        name="Acrobot-v1-randomized",
+        horizon=horizon,
+    )
+
+
+def pendulum_family(horizon: int | None = None) -> RandomizedParams:
+    """Pendulum-v1 with mass ``m ~ U[0.5, 1.5]``, length ``l ~ U[0.5, 1.5]``, gravity ``g ~ U[8, 12]``."""
+    return RandomizedParams(
+        pendulum.Pendulum(),
+        {"m": Uniform(0.5, 1.5), "l": Uniform(0.5, 1.5), "g": Uniform(8.0, 12.0)},
+        name="Pendulum-v1-randomized",
+        horizon=horizon,
+    )

@@ -1,0 +1,102 @@
+"""Task families: gymnax environments whose tasks are their ``EnvParams``.
+
+``make_family(name, **kwargs)`` builds a family by name; ``FAMILY_NAMES`` lists
+the names. See :mod:`metarl_jax.tasks.base` for the contract every family keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from metarl_jax.tasks.bandit import BanditParams, BanditState, BernoulliBandit
+from metarl_jax.tasks.base import TaskFamily, index_tasks, num_tasks_in, sample_tasks
+from metarl_jax.tasks.gymnax_families import (
+    Distribution,
+    LogUniform,
+    RandomizedParams,
+    Uniform,
+    acrobot_family,
+    cartpole_derived,
+    cartpole_family,
+    pendulum_family,
+)
+from metarl_jax.tasks.maze import (
+    SMALL_MAZE_LAYOUT,
+    GridMaze,
+    MazeParams,
+    MazeState,
+    open_layout,
+)
+from metarl_jax.tasks.navigation import Navigation2D, NavigationParams, NavigationState
+from metarl_jax.tasks.tabular_mdp import (
+    TabularMDP,
+    TabularMDPParams,
+    TabularState,
+    discounted_policy_q,
+    discounted_q_value_iteration,
+    finite_horizon_value_iteration,
+    greedy_policy,
+    policy_evaluation,
+)
+
+_REGISTRY: dict[str, Callable[..., TaskFamily]] = {
+    "bandit": BernoulliBandit,
+    "tabular_mdp": TabularMDP,
+    "navigation": Navigation2D,
+    "cartpole": cartpole_family,
+    "acrobot": acrobot_family,
+    "pendulum": pendulum_family,
+    "maze": GridMaze,
+}
+
+#: Names accepted by :func:`make_family`.
+FAMILY_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def make_family(name: str, **kwargs) -> TaskFamily:
+    """Build the task family registered as ``name`` with constructor ``kwargs``.
+
+    Names: ``bandit`` (:class:`BernoulliBandit`), ``tabular_mdp`` (:class:`TabularMDP`),
+    ``navigation`` (:class:`Navigation2D`), ``cartpole`` / ``acrobot`` / ``pendulum``
+    (:func:`cartpole_family` etc., kwarg ``horizon``), ``maze`` (:class:`GridMaze`).
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"name={name!r} is invalid: must be one of {list(FAMILY_NAMES)}")
+    return _REGISTRY[name](**kwargs)
+
+
+__all__ = [
+    "FAMILY_NAMES",
+    "SMALL_MAZE_LAYOUT",
+    "BanditParams",
+    "BanditState",
+    "BernoulliBandit",
+    "Distribution",
+    "GridMaze",
+    "LogUniform",
+    "MazeParams",
+    "MazeState",
+    "Navigation2D",
+    "NavigationParams",
+    "NavigationState",
+    "RandomizedParams",
+    "TabularMDP",
+    "TabularMDPParams",
+    "TabularState",
+    "TaskFamily",
+    "Uniform",
+    "acrobot_family",
+    "cartpole_derived",
+    "cartpole_family",
+    "discounted_policy_q",
+    "discounted_q_value_iteration",
+    "finite_horizon_value_iteration",
+    "greedy_policy",
+    "index_tasks",
+    "make_family",
+    "num_tasks_in",
+    "open_layout",
+    "pendulum_family",
+    "policy_evaluation",
+    "sample_tasks",
+]

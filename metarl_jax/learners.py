@@ -1,0 +1,144 @@
+"""Inner learners: how to collect data, which inner loss, which outer loss.
+
+A learner is a frozen dataclass over ``(env, policy, config)`` exposing pure
+functions that :mod:`metarl_jax.maml` composes into ``adapt`` and the meta-loss:
+
+* ``init(key) -> params``: parameters of the adapted model (policy, critic, Q...).
+* ``collect(key, params, task) -> data``: sample data for one (inner or outer) step;
+  sampling is never differentiated.
+* ``inner_loss(params, data, estimator) -> loss``: what the inner step descends.
+* ``log_prob_of_data(params, data) -> scalar``: ``sum log p(data; params)`` over the
+  sampled actions (the part of the data density that depends on ``params``); the
+  DiCE meta-gradient multiplies it into the outer objective once.
+* ``outer_loss(params, data) -> loss``: what the meta-gradient descends after adaptation.
+* ``objective_estimate(data) -> scalar``: an unbiased estimate of the expected
+  post-adaptation objective whose gradient the outer loss estimates (the mean
+  discounted return for policy-gradient learners); weighs the DiCE score term.
+* ``mean_return(data) -> scalar``: mean undiscounted episode return, for metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from metarl_jax import losses
+from metarl_jax.rollout import Trajectory, rollout
+
+BASELINES = ("none", "mean", "linear")
+NORMALIZATIONS = ("episode", "step")
+ESTIMATORS = ("dice", "lvc", "naive", "first_order")
+
+
+def _require(cond: bool, field: str, value, allowed: str) -> None:
+    if not cond:
+        raise ValueError(f"{field}={value!r} is invalid: {allowed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PGConfig:
+    """Policy-gradient inner learner (REINFORCE with optional baseline).
+
+    Attributes:
+      num_inner_episodes: episodes per inner step (``E``).
+      num_outer_episodes: episodes of the adapted policy for the outer loss (``E'``).
+      horizon: steps per episode (``T``).
+      gamma: discount of the reward-to-go.
+      baseline: ``"none"``, ``"mean"`` (per-time-step batch mean) or ``"linear"``
+        (rllab's linear feature baseline fitted on the batch in closed form).
+      standardize_advantages: rescale advantages to mean 0 / std 1 over the batch.
+      normalize: ``"episode"``: surrogate = sum over time, mean over episodes (its
+        gradient estimates grad J); ``"step"``: mean over all valid steps (grad J / T,
+        the convention of pytorch-maml-rl and learn2learn, whose step sizes assume it).
+    """
+
+    num_inner_episodes: int = 20
+    num_outer_episodes: int = 20
+    horizon: int = 100
+    gamma: float = 0.99
+    baseline: str = "linear"
+    standardize_advantages: bool = True
+    normalize: str = "episode"
+
+    def __post_init__(self):
+        _require(int(self.num_inner_episodes) >= 1, "num_inner_episodes", self.num_inner_episodes, "must be an integer >= 1")
+        _require(int(self.num_outer_episodes) >= 1, "num_outer_episodes", self.num_outer_episodes, "must be an integer >= 1")
+        _require(int(self.horizon) >= 1, "horizon", self.horizon, "must be an integer >= 1")
+        _require(0.0 < self.gamma <= 1.0, "gamma", self.gamma, "must be in (0, 1]")
+        _require(self.baseline in BASELINES, "baseline", self.baseline, f"allowed values are {BASELINES}")
+        _require(self.normalize in NORMALIZATIONS, "normalize", self.normalize, f"allowed values are {NORMALIZATIONS}")
+
+
+def pg_advantages(traj: Trajectory, gamma: float, baseline: str, standardize: bool) -> jax.Array:
+    """Advantages ``A = G - b`` (optionally standardised) for a batch: ``[E, T]``.
+
+    ``G`` is the discounted reward-to-go; ``b`` is 0, the per-step batch mean of
+    ``G``, or the linear feature baseline. A function of the data only.
+    """
+    returns = losses.discounted_returns(traj.reward, traj.mask, gamma)
+    if baseline == "mean":
+        count = jnp.maximum(jnp.sum(traj.mask, axis=0, keepdims=True), 1.0)
+        adv = returns - jnp.sum(returns * traj.mask, axis=0, keepdims=True) / count
+    elif baseline == "linear":
+        adv = returns - losses.linear_feature_baseline(traj.obs, returns, traj.mask)
+    else:
+        adv = returns
+    adv = adv * traj.mask
+    if standardize:
+        adv = losses.standardize(adv, traj.mask)
+    return jax.lax.stop_gradient(adv)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyGradientLearner:
+    """REINFORCE inner learner; the outer loss is the policy-gradient surrogate of the adapted policy."""
+
+    env: object
+    policy: object
+    config: PGConfig = PGConfig()
+
+    def init(self, key: jax.Array):
+        return self.policy.init(key, self.env.obs_dim())
+
+    def collect(self, key: jax.Array, params, task) -> Trajectory:
+        cfg = self.config
+        return rollout(key, self.env, self.policy, params, task, cfg.num_inner_episodes, cfg.horizon)
+
+    def collect_outer(self, key: jax.Array, params, task) -> Trajectory:
+        cfg = self.config
+        return rollout(key, self.env, self.policy, params, task, cfg.num_outer_episodes, cfg.horizon)
+
+    def advantages(self, traj: Trajectory) -> jax.Array:
+        cfg = self.config
+        return pg_advantages(traj, cfg.gamma, cfg.baseline, cfg.standardize_advantages)
+
+    def log_probs(self, params, traj: Trajectory) -> jax.Array:
+        """``log pi_params(a_t | s_t)`` for the batch: ``[E, T]``."""
+        return self.policy.log_prob(params, traj.obs, traj.action)
+
+    def _scale(self, traj: Trajectory) -> jax.Array:
+        """Surrogates average over episodes; ``"step"`` normalisation further divides by steps per episode."""
+        if self.config.normalize == "step":
+            return traj.num_episodes / jnp.maximum(jnp.sum(traj.mask), 1.0)
+        return jnp.ones((), traj.reward.dtype)
+
+    def inner_loss(self, params, traj: Trajectory, estimator: str = "dice") -> jax.Array:
+        """Minus the plain surrogate (``"lvc"``: minus the LVC surrogate)."""
+        logp = self.log_probs(params, traj)
+        surrogate = losses.lvc_surrogate if estimator == "lvc" else losses.policy_gradient_surrogate
+        return -surrogate(logp, self.advantages(traj), traj.mask) * self._scale(traj)
+
+    def log_prob_of_data(self, params, traj: Trajectory) -> jax.Array:
+        return jnp.sum(self.log_probs(params, traj) * traj.mask)
+
+    def outer_loss(self, params, traj: Trajectory) -> jax.Array:
+        logp = self.log_probs(params, traj)
+        return -losses.policy_gradient_surrogate(logp, self.advantages(traj), traj.mask) * self._scale(traj)
+
+    def objective_estimate(self, traj: Trajectory) -> jax.Array:
+        return jnp.mean(traj.episode_returns(self.config.gamma))
+
+    def mean_return(self, traj: Trajectory) -> jax.Array:
+        return jnp.mean(traj.episode_returns(1.0))

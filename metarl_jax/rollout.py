@@ -1,0 +1,99 @@
+"""Rollouts: ``lax.scan`` over time, batched over episodes, ``vmap``-able over tasks.
+
+A rollout of ``E`` episodes of ``T`` steps on one task produces a
+:class:`Trajectory` whose arrays are shaped ``[E, T, ...]``. Episodes start
+with ``reset_env`` and are stepped with the family's ``step_env`` (no gymnax
+auto-reset): once an episode terminates, its later steps carry ``mask = 0``
+and are ignored by every loss. Sampling is *not* differentiated: the policy
+parameters are wrapped in ``stop_gradient`` and learners recompute
+``log pi(a|s)`` from the stored observations and actions, which keeps the
+estimators explicit (score-function terms are written out, not implied by
+reparameterisation) and lets log-probs of the whole batch be computed in
+one big matrix product instead of inside the scan.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@struct.dataclass
+class Trajectory:
+    """A batch of episodes of one task; every array has leading shape ``[E, T]``.
+
+    ``obs[e, t]`` is the observation the action ``action[e, t]`` was taken in,
+    ``reward[e, t]`` the reward that followed, ``done[e, t]`` whether the
+    episode terminated at that step (natural termination), ``mask[e, t]``
+    whether the step belongs to the episode (1 up to and including the
+    terminating step), ``next_obs[e, t]`` the observation after the step and
+    ``time[e, t] = t``.
+    """
+
+    obs: jax.Array  # [E, T, obs_dim]
+    action: jax.Array  # [E, T, ...]
+    reward: jax.Array  # [E, T]
+    done: jax.Array  # [E, T] bool
+    mask: jax.Array  # [E, T] float32
+    next_obs: jax.Array  # [E, T, obs_dim]
+
+    @property
+    def num_episodes(self) -> int:
+        return self.reward.shape[-2]
+
+    @property
+    def horizon(self) -> int:
+        return self.reward.shape[-1]
+
+    def episode_returns(self, gamma: float = 1.0) -> jax.Array:
+        """``sum_t gamma^t r_t mask_t`` per episode: ``[..., E]``."""
+        discounts = gamma ** jnp.arange(self.horizon, dtype=self.reward.dtype)
+        return jnp.sum(self.reward * self.mask * discounts, axis=-1)
+
+
+def rollout(key: jax.Array, env, policy, policy_params, task, num_episodes: int, horizon: int) -> Trajectory:
+    """Sample ``num_episodes`` episodes of ``horizon`` steps of ``policy`` on one task.
+
+    Args:
+      key: PRNG key.
+      env: a task family (gymnax Environment with ``reset_env`` / ``step_env``).
+      policy: a policy from :mod:`metarl_jax.networks`.
+      policy_params: its parameters (not differentiated through: stop_gradient).
+      task: the task's ``EnvParams`` (unbatched).
+      num_episodes, horizon: static sizes ``E`` and ``T``.
+
+    Returns:
+      A :class:`Trajectory` with arrays ``[E, T, ...]``.
+    """
+    policy_params = jax.lax.stop_gradient(policy_params)
+    key_reset, key_steps = jax.random.split(key)
+    obs, state = jax.vmap(env.reset_env, in_axes=(0, None))(
+        jax.random.split(key_reset, num_episodes), task
+    )
+    step_env = jax.vmap(env.step_env, in_axes=(0, 0, 0, None))
+
+    def step(carry, key_t):
+        obs, state, alive = carry
+        key_action, key_env = jax.random.split(key_t)
+        action = policy.sample(key_action, policy_params, obs)
+        next_obs, next_state, reward, terminated, _ = step_env(
+            jax.random.split(key_env, num_episodes), state, action, task
+        )
+        terminated = jnp.asarray(terminated, bool)
+        transition = (obs, action, jnp.asarray(reward, jnp.float32), terminated, alive, next_obs)
+        return (next_obs, next_state, alive & ~terminated), transition
+
+    alive0 = jnp.ones((num_episodes,), bool)
+    _, (obs_t, act_t, rew_t, done_t, alive_t, next_obs_t) = jax.lax.scan(
+        step, (obs, state, alive0), jax.random.split(key_steps, horizon)
+    )
+    swap = lambda x: jnp.swapaxes(x, 0, 1)  # [T, E, ...] -> [E, T, ...]
+    return Trajectory(
+        obs=swap(obs_t),
+        action=swap(act_t),
+        reward=swap(rew_t),
+        done=swap(done_t),
+        mask=swap(alive_t).astype(jnp.float32),
+        next_obs=swap(next_obs_t),
+    )

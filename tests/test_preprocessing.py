@@ -211,22 +211,20 @@ class BrokenFamily(TaskFamily):
     def sample_params(self, key):
         return BrokenParams(scale=jax.random.uniform(key, (), minval=1.0, maxval=100.0))
 
-    def _corrupt(self, key, x):
-        k_where, k_what = jax.random.split(key)
-        bad = jax.random.uniform(k_where, x.shape) < 0.3
-        which = jax.random.randint(k_what, x.shape, 0, 3)
-        poison = jnp.array([jnp.nan, jnp.inf, -jnp.inf], jnp.float32)[which]
-        return jnp.where(bad, poison, x)
+    def _draw(self, key, scale):
+        """One random draw per call (keeps compile time low): values, and which become NaN/+-inf."""
+        u = jax.random.uniform(key, (3, 4))  # rows: value, is-bad, which poison
+        value = (u[0] - 0.5) * 4.0 * scale
+        poison = jnp.array([jnp.nan, jnp.inf, -jnp.inf], jnp.float32)[jnp.floor(u[2] * 3).astype(jnp.int32)]
+        return jnp.where(u[1] < 0.3, poison, value)  # [4]: obs [3] and reward
 
     def reset_env(self, key, params):
-        x = self._corrupt(key, jax.random.normal(jax.random.fold_in(key, 1), (3,)) * params.scale)
-        return x, BrokenState(time=0, x=x)
+        obs = self._draw(key, params.scale)[:3]
+        return obs, BrokenState(time=0, x=obs)
 
     def step_env(self, key, state, action, params):
-        k_obs, k_rew, k_noise = jax.random.split(key, 3)
-        x = jax.random.normal(k_noise, (3,)) * params.scale + action
-        obs = self._corrupt(k_obs, x)
-        reward = self._corrupt(k_rew, jnp.sum(x)[None])[0]
+        raw = self._draw(key, params.scale) + action
+        obs, reward = raw[:3], raw[3]
         info = {"raw_obs": obs, "raw_reward": reward}  # what the wrapper is given, for the test
         return obs, BrokenState(time=state.time + 1, x=obs), reward, jnp.zeros((), bool), info
 

@@ -343,7 +343,11 @@ def meta_gradient(theta: dict, goals, generator_or_seed, order: int = 2, config:
 
 
 class MetaLearner:
-    """``theta`` + Adam + a sampling generator: :meth:`step` is one meta-iteration."""
+    """``theta`` + Adam + a sampling generator: :meth:`step` is one meta-iteration.
+
+    ``theta`` is initialised from ``seed``; goals and action noise come from a
+    ``torch.Generator`` seeded with ``seed + 1`` (no global RNG is touched).
+    """
 
     def __init__(self, config: Config = Config(), seed: int = 0, order: int = 2, dtype=None):
         torch = _torch()

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -17,7 +14,6 @@ torch = pytest.importorskip("torch")
 
 from benchmarks import torch_reference as tr  # noqa: E402
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = tr.Config(episodes=4, horizon=5)
 N_TASKS = 2
 
@@ -108,21 +104,29 @@ def test_first_order_differs_from_second_order(tiny_setup):
     torch.testing.assert_close(g1, expected)
 
 
-def test_cli_prints_one_json_record():
-    """``python -m benchmarks.torch_reference --iters 1`` prints a JSON line with the documented keys."""
-    cmd = [sys.executable, "-m", "benchmarks.torch_reference", "--meta-batch", "1", "--order", "2",
-           "--iters", "1", "--warmup", "1", "--threads", "1", "--seed", "0"]
-    out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True)
-    lines = [line for line in out.stdout.splitlines() if line.strip()]
-    assert len(lines) == 1, out.stdout
+def test_cli_prints_one_json_record(capsys):
+    """The CLI (``main``, what ``python -m benchmarks.torch_reference`` runs) with ``--iters 1``
+    prints one JSON line with the documented keys.
+
+    Run in-process (a subprocess would spend seconds re-importing torch); a tiny
+    batch (4 episodes x 5 steps) keeps it fast; the defaults (20 x 100) are the benchmark's.
+    """
+    threads_before = torch.get_num_threads()
+    argv = ["--meta-batch", "1", "--order", "2", "--iters", "1", "--warmup", "1", "--threads", "1",
+            "--seed", "0", "--episodes", "4", "--horizon", "5"]
+    assert tr.main(argv) == 0
+    assert torch.get_num_threads() == threads_before  # --threads is restored afterwards
+    out = capsys.readouterr()
+    lines = [line for line in out.out.splitlines() if line.strip()]
+    assert len(lines) == 1, out.out
     record = json.loads(lines[0])
     expected_keys = {"impl", "task", "learner", "meta_batch", "order", "episodes", "horizon", "compile_s",
                      "median_s_per_iter", "min_s_per_iter", "env_steps_per_s", "device", "torch_version"}
     assert set(record) == expected_keys
     assert (record["impl"], record["task"], record["learner"]) == ("torch-task-loop", "navigation", "pg")
-    assert (record["meta_batch"], record["order"], record["episodes"], record["horizon"]) == (1, 2, 20, 100)
+    assert (record["meta_batch"], record["order"], record["episodes"], record["horizon"]) == (1, 2, 4, 5)
     assert record["median_s_per_iter"] > 0 and math.isfinite(record["env_steps_per_s"])
-    assert record["env_steps_per_s"] == pytest.approx(1 * 2 * 20 * 100 / record["median_s_per_iter"])
+    assert record["env_steps_per_s"] == pytest.approx(1 * 2 * 4 * 5 / record["median_s_per_iter"])
     assert "1 threads" in record["device"] and record["torch_version"] == torch.__version__
 
 
@@ -131,3 +135,17 @@ def test_config_rejects_bad_values():
         tr.Config(horizon=0)
     with pytest.raises(ValueError, match="order"):
         tr.run_benchmark(meta_batch=1, order=3, iters=1, warmup=0, seed=0)
+
+
+def test_module_entry_point_and_lazy_torch_import():
+    """``python -m benchmarks.torch_reference --help`` works, and importing the module does not import torch."""
+    import os
+    import subprocess
+    import sys
+
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "benchmarks.torch_reference", "--help"], cwd=repo_root,
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert "--meta-batch" in out.stdout and "--order" in out.stdout
+    code = "import sys, benchmarks.torch_reference; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=repo_root, timeout=60, check=True)

@@ -106,19 +106,32 @@ def standardize(x: jax.Array, mask: jax.Array, eps: float = 1e-8) -> jax.Array:
     return (x - mean) / (std + eps) * mask
 
 
-def policy_gradient_surrogate(logp: jax.Array, advantages: jax.Array, mask: jax.Array) -> jax.Array:
-    """``1/E sum_e sum_t logp[e,t] A[e,t] m[e,t]`` (advantages held constant): ``[E,T] -> []``."""
-    advantages = jax.lax.stop_gradient(advantages)
+def policy_gradient_surrogate(
+    logp: jax.Array, advantages: jax.Array, mask: jax.Array, *, stop_gradient: bool = True
+) -> jax.Array:
+    """``1/E sum_e sum_t logp[e,t] A[e,t] m[e,t]`` (advantages held constant): ``[E,T] -> []``.
+
+    ``stop_gradient=False`` leaves ``A`` differentiable: for callers that hold it
+    constant by passing it as an argument the inner gradient does not
+    differentiate, while an outer derivative may still flow through it (e.g.
+    advantages from a critic, :mod:`metarl_jax.actor_critic`).
+    """
+    if stop_gradient:
+        advantages = jax.lax.stop_gradient(advantages)
     return jnp.sum(logp * advantages * mask) / logp.shape[0]
 
 
-def lvc_surrogate(logp: jax.Array, advantages: jax.Array, mask: jax.Array) -> jax.Array:
+def lvc_surrogate(
+    logp: jax.Array, advantages: jax.Array, mask: jax.Array, *, stop_gradient: bool = True
+) -> jax.Array:
     """ProMP's low-variance curvature surrogate ``1/E sum sum pi/stop(pi) A``: ``[E,T] -> []``.
 
     Value and gradient equal :func:`policy_gradient_surrogate`'s at the
     sampling parameters; its Hessian adds the per-step score outer products.
+    ``stop_gradient`` as in :func:`policy_gradient_surrogate`.
     """
-    advantages = jax.lax.stop_gradient(advantages)
+    if stop_gradient:
+        advantages = jax.lax.stop_gradient(advantages)
     return jnp.sum(magic_box(logp) * advantages * mask) / logp.shape[0]
 
 
@@ -139,9 +152,15 @@ def entropy_bonus(entropy: jax.Array, mask: jax.Array) -> jax.Array:
     return masked_mean(entropy, mask)
 
 
-def value_loss(values: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
-    """``1/2 mean (V - stop(target))^2`` over the valid steps."""
-    return 0.5 * masked_mean(jnp.square(values - jax.lax.stop_gradient(targets)), mask)
+def value_loss(values: jax.Array, targets: jax.Array, mask: jax.Array, *, stop_gradient: bool = True) -> jax.Array:
+    """``1/2 mean (V - stop(target))^2`` over the valid steps.
+
+    ``stop_gradient=False`` leaves the targets differentiable (see
+    :func:`policy_gradient_surrogate`).
+    """
+    if stop_gradient:
+        targets = jax.lax.stop_gradient(targets)
+    return 0.5 * masked_mean(jnp.square(values - targets), mask)
 
 
 def td_loss(td: jax.Array, mask: jax.Array) -> jax.Array:

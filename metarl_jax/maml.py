@@ -122,6 +122,14 @@ def adapt(
     transformation, e.g. ``optax.adam(1e-2)``) the update is
     ``phi <- phi + updates`` from that optimizer instead of SGD with ``inner_lr``.
     Gradients flow through the update unless ``config.first_order``.
+
+    The inner gradient is ``jax.value_and_grad(learner.inner_loss)(phi, data, estimator)``,
+    or ``learner.inner_grad(phi, data, estimator) -> (loss, grads)`` when the learner
+    defines that optional hook: a learner whose inner loss has targets computed
+    from ``phi`` itself (a critic's advantages, bootstrapped value targets) uses it
+    to hold them constant in the inner gradient while the derivative of the
+    update with respect to ``theta`` still flows through them
+    (:mod:`metarl_jax.actor_critic`).
     """
     theta = meta_params["policy"]
     lr = meta_params.get("inner_lr", config.inner_lr)
@@ -130,7 +138,10 @@ def adapt(
     def inner_step(carry, step_key):
         phi, opt_state, log_prob_sum = carry
         data = learner.collect(step_key, phi, task)
-        loss, grads = jax.value_and_grad(learner.inner_loss)(phi, data, config.estimator)
+        if hasattr(learner, "inner_grad"):  # learners whose inner targets depend on phi (actor-critic)
+            loss, grads = learner.inner_grad(phi, data, config.estimator)
+        else:
+            loss, grads = jax.value_and_grad(learner.inner_loss)(phi, data, config.estimator)
         if config.first_order:
             grads = jax.lax.stop_gradient(grads)
         if inner_optimizer is None:

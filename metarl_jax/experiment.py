@@ -1,0 +1,238 @@
+"""Experiment plumbing shared by the ``python -m experiments.*`` entry points.
+
+An experiment is a frozen config (:class:`MAMLExperimentConfig`), validated on
+construction, that :func:`build` turns into library objects and :func:`run`
+executes: meta-train (resumable), evaluate adaptation on held-out tasks
+against a random initialisation and the exact optimum, print a table, and
+write ``runs/<name>/<timestamp>/`` with ``config.json``, ``metrics.jsonl``,
+``summary.json``, PNG figures and ``checkpoints/``. No algorithm lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import sys
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metarl_jax import evaluation, plotting
+from metarl_jax.learners import ESTIMATORS, PGConfig, PolicyGradientLearner, _require
+from metarl_jax.maml import MAMLConfig, init_meta_params
+from metarl_jax.networks import make_policy_for
+from metarl_jax.rollout import rollout
+from metarl_jax.tasks import FAMILY_NAMES, make_family, sample_tasks
+from metarl_jax.train import TrainConfig, meta_train
+
+
+@dataclasses.dataclass(frozen=True)
+class MAMLExperimentConfig:
+    """A MAML meta-training run: task family, learner, adaptation and training settings."""
+
+    task: str = "navigation"
+    """task family (one of metarl_jax.tasks.FAMILY_NAMES)"""
+    learner: str = "pg"
+    """inner learner"""
+    seed: int = 0
+    num_iterations: int = 100
+    meta_batch: int = 20
+    """tasks per meta-iteration"""
+    num_episodes: int = 20
+    """episodes per inner step and for the outer loss"""
+    horizon: int = 100
+    gamma: float = 0.99
+    baseline: str = "linear"
+    standardize_advantages: bool = True
+    normalize: str = "step"
+    """surrogate normalisation: 'episode' (sum over time) or 'step' (mean over steps)"""
+    inner_lr: float = 0.1
+    inner_steps: int = 1
+    learn_inner_lr: bool = False
+    estimator: str = "dice"
+    outer_lr: float = 3e-3
+    max_grad_norm: float | None = 10.0
+    hidden_sizes: tuple[int, ...] = (100, 100)
+    tabular_policy: bool = False
+    """softmax logit-table policy (one-hot observations only)"""
+    init_log_std: float = -0.7
+    """initial log standard deviation of Gaussian policies"""
+    task_chunk: int | None = None
+    eval_tasks: int = 100
+    """held-out tasks for the adaptation curve"""
+    eval_steps: int = 3
+    """inner steps K of the adaptation curve (returns after k = 0..K)"""
+    iterations_per_call: int = 5
+    checkpoint_every: int = 25
+    on_nonfinite: str = "stop"
+    out_dir: str = "runs"
+    run_dir: str | None = None
+    """resume this run directory instead of starting a new one"""
+    name: str = "maml"
+
+    def __post_init__(self):
+        _require(self.task in FAMILY_NAMES, "task", self.task, f"allowed values are {FAMILY_NAMES}")
+        _require(self.learner in LEARNERS, "learner", self.learner, f"allowed values are {tuple(LEARNERS)}")
+        _require(self.estimator in ESTIMATORS, "estimator", self.estimator, f"allowed values are {ESTIMATORS}")
+        _require(int(self.eval_tasks) >= 2, "eval_tasks", self.eval_tasks, "must be an integer >= 2")
+        _require(int(self.eval_steps) >= 1, "eval_steps", self.eval_steps, "must be an integer >= 1")
+        _require(int(self.num_episodes) >= 1, "num_episodes", self.num_episodes, "must be an integer >= 1")
+        # Building the sub-configs validates every remaining field with its own message.
+        self.pg_config()
+        self.maml_config()
+        self.train_config()
+
+    def pg_config(self) -> PGConfig:
+        return PGConfig(num_inner_episodes=self.num_episodes, num_outer_episodes=self.num_episodes,
+                        horizon=self.horizon, gamma=self.gamma, baseline=self.baseline,
+                        standardize_advantages=self.standardize_advantages, normalize=self.normalize)
+
+    def maml_config(self) -> MAMLConfig:
+        return MAMLConfig(inner_steps=self.inner_steps, inner_lr=self.inner_lr, learn_inner_lr=self.learn_inner_lr,
+                          estimator=self.estimator, task_chunk=self.task_chunk)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(num_iterations=self.num_iterations, meta_batch=self.meta_batch, outer_lr=self.outer_lr,
+                           seed=self.seed, iterations_per_call=self.iterations_per_call,
+                           checkpoint_every=self.checkpoint_every, on_nonfinite=self.on_nonfinite,
+                           max_grad_norm=self.max_grad_norm)
+
+
+def _build_pg(config: MAMLExperimentConfig, family):
+    kwargs = {}
+    space = family.action_space(family.default_params)
+    if hasattr(space, "shape") and len(space.shape) == 1 and not config.tabular_policy:
+        kwargs["init_log_std"] = config.init_log_std
+    policy = make_policy_for(family, hidden_sizes=config.hidden_sizes, tabular=config.tabular_policy, **kwargs)
+    return PolicyGradientLearner(family, policy, config.pg_config())
+
+
+#: Inner learners by name: ``builder(config, family) -> learner``.
+LEARNERS: dict[str, Callable[[MAMLExperimentConfig, Any], Any]] = {"pg": _build_pg}
+
+
+def build(config: MAMLExperimentConfig):
+    """``(family, learner, maml_config, train_config)`` for an experiment config."""
+    family = make_family(config.task, horizon=config.horizon)
+    learner = LEARNERS[config.learner](config, family)
+    return family, learner, config.maml_config(), config.train_config()
+
+
+def new_run_dir(config: MAMLExperimentConfig) -> str:
+    if config.run_dir is not None:
+        return config.run_dir
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join(config.out_dir, config.name, stamp)
+
+
+def _json_default(x):
+    if isinstance(x, (np.generic, jnp.ndarray)):
+        return np.asarray(x).tolist()
+    return str(x)
+
+
+def write_json(path: str, payload: Any) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def format_table(rows: list[tuple[str, str, str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def evaluate(config: MAMLExperimentConfig, family, learner, maml_config, meta_params) -> dict:
+    """Adaptation curves on ``eval_tasks`` held-out tasks: meta-learned vs random init vs optimum."""
+    key = jax.random.PRNGKey(config.seed + 1_000_003)
+    key_tasks, key_eval, key_random = jax.random.split(key, 3)
+    tasks = sample_tasks(family, key_tasks, config.eval_tasks)
+    random_params = init_meta_params(key_random, learner, maml_config)
+    curve_fn = jax.jit(lambda mp: evaluation.adaptation_returns(learner, maml_config, mp, tasks, key_eval,
+                                                               config.eval_steps))
+    curves = {
+        "meta-learned": evaluation.summarize_curve(np.asarray(curve_fn(meta_params))),
+        "random init": evaluation.summarize_curve(np.asarray(curve_fn(random_params))),
+    }
+    optimum = evaluation.optimal_returns(family, tasks, config.horizon)
+    result = {"curves": curves, "eval_tasks": config.eval_tasks, "eval_steps": config.eval_steps}
+    if optimum is not None:
+        mean, half = evaluation.mean_and_ci95(np.asarray(optimum))
+        result["optimum"] = {"mean": float(mean), "ci95": float(half)}
+    return result
+
+
+def result_table(result: dict) -> str:
+    rows = [("policy", "before adaptation (k=0)", "after 1 inner step (k=1)")]
+    fmt = lambda s, k: f"{s['mean'][k]:.3f} ± {s['ci95'][k]:.3f}"
+    for name, summary in result["curves"].items():
+        rows.append((name, fmt(summary, 0), fmt(summary, 1)))
+    if "optimum" in result:
+        opt = f"{result['optimum']['mean']:.3f} ± {result['optimum']['ci95']:.3f}"
+        rows.append(("exact optimum", opt, opt))
+    return format_table(rows)
+
+
+def navigation_paths(family, learner, maml_config, meta_params, seed: int, num_tasks: int = 4):
+    """Goals and mean-action paths before and after one inner step for a few held-out tasks."""
+    key_tasks, key_adapt = jax.random.split(jax.random.PRNGKey(seed + 2_000_003))
+    tasks = sample_tasks(family, key_tasks, num_tasks)
+    phis = evaluation.adapted_params(learner, maml_config, meta_params, tasks, key_adapt, 1)
+    mode = evaluation.ModePolicy(learner.policy)
+    path = lambda params, task: rollout(jax.random.PRNGKey(0), family, mode, params, task, 1,
+                                        learner.config.horizon).next_obs[0]
+    pre = jax.vmap(path, in_axes=(None, 0))(meta_params["policy"], tasks)
+    post = jax.vmap(path)(phis, tasks)
+    return np.asarray(tasks.goal), np.asarray(pre), np.asarray(post)
+
+
+def run(config: MAMLExperimentConfig, progress: bool = True) -> dict:
+    """Meta-train, evaluate, print the table and write every artefact. Returns the summary."""
+    family, learner, maml_config, train_config = build(config)
+    run_dir = new_run_dir(config)
+    os.makedirs(run_dir, exist_ok=True)
+    write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(config))
+    print(f"run directory: {run_dir}  (jax {jax.__version__} on {jax.devices()[0].platform})")
+    sample = lambda key: sample_tasks(family, key, train_config.meta_batch)
+    state, history = meta_train(learner, maml_config, train_config, sample, run_dir, progress=progress)
+    result = evaluate(config, family, learner, maml_config, state.meta_params)
+    result["run_dir"] = run_dir
+    result["iterations"] = int(state.step)
+    result["seconds_per_iteration_median"] = float(np.median([h["seconds"] for h in history[1:]] or [0.0]))
+    print(result_table(result))
+    plotting.plot_learning_curve(history, os.path.join(run_dir, "learning_curve.png"),
+                                 title=f"{config.name}: {config.task}, {config.learner}, {config.estimator}")
+    optimum = result.get("optimum", {}).get("mean")
+    plotting.plot_adaptation_curves(result["curves"], os.path.join(run_dir, "adaptation_curve.png"), optimum)
+    if config.task == "navigation":
+        goals, pre, post = navigation_paths(family, learner, maml_config, state.meta_params, config.seed)
+        plotting.plot_navigation_paths(goals, pre, post, os.path.join(run_dir, "paths.png"), family.goal_range)
+    write_json(os.path.join(run_dir, "summary.json"), result)
+    print(f"wrote {run_dir}/{{config.json, metrics.jsonl, summary.json, *.png, checkpoints/}}")
+    return result
+
+
+def cli_main(config_cls, argv=None, description: str | None = None) -> dict | None:
+    """Parse a config dataclass from the command line (tyro) and run it.
+
+    A rejected value prints ``error: <field>=<value> is invalid: <allowed>`` and exits with status 2,
+    without a traceback.
+    """
+    import tyro
+
+    try:
+        config = tyro.cli(config_cls, args=argv, description=description)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return run(config)

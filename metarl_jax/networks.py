@@ -81,7 +81,7 @@ class GaussianPolicy:
 
     @property
     def network(self) -> MLP:
-        return MLP(tuple(self.hidden_sizes), self.action_dim, self.activation)
+        return MLP(tuple(self.hidden_sizes), self.action_dim, self.activation, zero_init_output=True)
 
     def init(self, key: jax.Array, obs_dim: int):
         mean_params = self.network.init(key, jnp.zeros((1, obs_dim), jnp.float32))

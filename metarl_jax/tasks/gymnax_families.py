@@ -115,7 +115,7 @@ def _floats_to_float32(params: environment.EnvParams) -> environment.EnvParams:
 
 
 class RandomizedParams(TaskFamily):
-    """A gymnax env whose ``EnvParams`` fields are drawn from given distributions, one draw per task.
+    """A gymnax env whose ``EnvParams`` fields are drawn from distributions, one draw per task.
 
     Args:
       env: any gymnax ``Environment``.
@@ -142,7 +142,8 @@ class RandomizedParams(TaskFamily):
             raise ValueError(f"env={env!r} is invalid: must be a gymnax Environment")
         if not isinstance(distributions, Mapping):
             raise ValueError(
-                f"distributions={distributions!r} is invalid: must be a mapping field -> distribution"
+                f"distributions={distributions!r} is invalid: "
+                "must be a mapping field -> distribution"
             )
         allowed = _sampleable_fields(env.default_params)
         for field, dist in distributions.items():
@@ -240,7 +241,7 @@ class RandomizedParams(TaskFamily):
         return self.env.action_space(self.default_params if params is None else params)
 
     def observation_space(self, params=None) -> spaces.Box:
-        """The wrapped space, flattened (Box) or one-hot (Discrete), as a float32 ``Box((obs_dim,))``."""
+        """The wrapped space, flattened (Box) or one-hot (Discrete): float32 ``Box((obs_dim,))``."""
         params = self.default_params if params is None else params
         space = self.env.observation_space(params)
         if isinstance(space, spaces.Discrete):
@@ -281,7 +282,10 @@ class RandomizedParams(TaskFamily):
 
 
 def cartpole_derived(params: cartpole.EnvParams) -> cartpole.EnvParams:
-    """CartPole's dependent fields: ``total_mass = masscart + masspole``, ``polemass_length = masspole * length``."""
+    """CartPole's dependent fields.
+
+    ``total_mass = masscart + masspole`` and ``polemass_length = masspole * length``.
+    """
     return params.replace(
         total_mass=params.masscart + params.masspole,
         polemass_length=params.masspole * params.length,
@@ -289,7 +293,7 @@ def cartpole_derived(params: cartpole.EnvParams) -> cartpole.EnvParams:
 
 
 def cartpole_family(horizon: int | None = None) -> RandomizedParams:
-    """CartPole-v1 with pole (half-)length ``length ~ U[0.25, 1.0]`` and ``masspole ~ U[0.05, 0.5]``.
+    """CartPole-v1 with pole ``length ~ U[0.25, 1.0]`` and ``masspole ~ U[0.05, 0.5]``.
 
     gymnax's ``length`` is the half-length of the pole (0.5 by default), as in gym.
     """
@@ -313,7 +317,7 @@ def acrobot_family(horizon: int | None = None) -> RandomizedParams:
 
 
 def pendulum_family(horizon: int | None = None) -> RandomizedParams:
-    """Pendulum-v1 with mass ``m ~ U[0.5, 1.5]``, length ``l ~ U[0.5, 1.5]``, gravity ``g ~ U[8, 12]``."""
+    """Pendulum-v1 with ``m ~ U[0.5, 1.5]``, ``l ~ U[0.5, 1.5]`` and gravity ``g ~ U[8, 12]``."""
     return RandomizedParams(
         pendulum.Pendulum(),
         {"m": Uniform(0.5, 1.5), "l": Uniform(0.5, 1.5), "g": Uniform(8.0, 12.0)},

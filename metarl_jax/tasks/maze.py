@@ -87,7 +87,9 @@ def _parse_layout(layout: Any) -> tuple[tuple[str, ...], np.ndarray, int]:
         raise ValueError(f"layout={layout!r} is invalid: rows must be strings of equal length")
     bad = sorted({c for r in rows for c in r} - set(".#S"))
     if bad:
-        raise ValueError(f"layout={layout!r} is invalid: characters {bad} not in '.', '#', 'S'")
+        raise ValueError(
+            f"layout={layout!r} is invalid: characters {bad} found; must use only '.', '#', 'S'"
+        )
     starts = [(i, j) for i, r in enumerate(rows) for j, c in enumerate(r) if c == "S"]
     if len(starts) > 1:
         raise ValueError(f"layout={layout!r} is invalid: at most one 'S' (found {len(starts)})")
@@ -100,7 +102,8 @@ def _parse_layout(layout: Any) -> tuple[tuple[str, ...], np.ndarray, int]:
     if np.any(dist < 0):
         unreachable = [tuple(c) for c in free[dist < 0].tolist()]
         raise ValueError(
-            f"layout={layout!r} is invalid: cells {unreachable} are unreachable from the start"
+            f"layout={layout!r} is invalid: cells {unreachable} are unreachable from the start; "
+            "every free cell must be reachable"
         )
     return rows, free, start
 

@@ -1,0 +1,512 @@
+"""Actor-critic inner learner: second-order MAML through the actor *and* the critic update.
+
+Parameters ``phi = (phi_a, phi_c)``: an actor ``pi_{phi_a}(a | s)`` and a critic
+``V_{phi_c}(s)`` (``architecture="separate"``), or one network with a shared torso
+and two heads (``"shared"``; then ``phi_a`` and ``phi_c`` overlap in the torso).
+
+Inner step
+----------
+On data ``tau ~ pi_{phi_a}`` (``E`` episodes of ``T`` steps, arrays ``[E, T]``) the
+critic at the *current* parameters gives, per step,
+
+    delta_t(phi_c) = r_t + gamma (1 - done_t) V_{phi_c}(s_{t+1}) - V_{phi_c}(s_t)
+    A_t(phi_c)     = sum_{u >= t} (gamma lambda)^(u - t) delta_u            (GAE(lambda))
+    y_t(phi_c)     = A_t(phi_c) + V_{phi_c}(s_t)                             (lambda-return target)
+
+(``V(s_T) = 0`` at the rollout horizon unless ``bootstrap_at_horizon``: the
+objective is the return of the ``T`` steps rolled out). With ``A`` and ``y``
+given as *arguments*, the inner objective is
+
+    L(p; A, y) = - S(log pi_p, A_hat) + c_v * 1/2 mean_t (V_p(s_t) - y_t)^2 - c_H * mean_t H(pi_p(. | s_t))
+
+with ``S`` the plain policy-gradient surrogate (LVC surrogate for
+``estimator="lvc"``), ``A_hat`` = ``A`` optionally standardised, and the update is
+
+    phi' = phi - alpha * P grad_p L(p; A(phi_c), y(phi_c)) |_{p = phi}
+
+where ``P`` multiplies the critic block (``phi_c`` for ``"separate"``, the value
+head for ``"shared"``) by ``critic_lr_scale``.
+
+Semantics of the derivative (why :meth:`ActorCriticLearner.inner_grad` exists).
+Inside the inner gradient ``A`` and ``y`` are constants: the actor surrogate does
+not train the critic and the critic's regression does not chase its own targets
+(the usual semi-gradient actor-critic step). But the map ``phi -> phi'`` that is
+actually run depends on ``phi_c`` also *through the numbers* ``A(phi_c)`` and
+``y(phi_c)``, so its Jacobian, which the meta-gradient needs, is
+
+    d phi' / d phi = I - alpha P [ d^2 L / dp^2  +  d^2 L / dp dA . dA/dphi  +  d^2 L / dp dy . dy/dphi ].
+
+A ``stop_gradient`` on ``A`` and ``y`` inside the loss would drop the last two
+terms (and with them every meta-gradient the critic initialisation receives
+through the actor's adaptation). So :meth:`ActorCriticLearner.inner_grad`
+computes ``A`` and ``y`` from ``phi`` *outside* the function it differentiates and
+passes them in as arguments: ``jax.grad`` with respect to ``p`` treats them as
+constants, while an outer derivative of ``phi'`` sees them as functions of
+``phi``. :func:`metarl_jax.maml.adapt` calls this hook when a learner defines it.
+:meth:`ActorCriticLearner.inner_loss` is the same loss with ``A`` and ``y``
+stop-gradient-ed (its value and gradient are those of the step; only its
+second derivative lacks the dependence above).
+
+Outer objective
+---------------
+The adapted actor is scored on fresh data ``tau' ~ pi_{phi'_a}``; the
+meta-objective is ``J = E[sum_t gamma^t r'_t]`` (``objective_estimate`` is its
+batch mean) and
+
+    outer_loss(phi', tau') = - S(log pi_{phi'_a}, stop(A'))  +  c_o * 1/2 mean_t (V_{phi'_c}(s'_t) - stop(y'_t))^2 .
+
+With ``outer_baseline="critic"``, ``A' = GAE(outer_gae_lambda)`` from the adapted
+critic; with the default ``outer_gae_lambda = 1`` and no bootstrap,
+``A'_t = G_t - V_{phi'_c}(s'_t)``: the adapted critic is a baseline. It depends on
+the state and on the *inner* samples only, never on the outer actions, so
+``E[grad log pi(a'_t | s'_t) V(s'_t)] = 0`` and the outer surrogate stays an
+unbiased estimate of ``grad_{phi'_a} J``; with DiCE (:mod:`metarl_jax.maml`) the
+whole meta-gradient of ``J`` is unbiased. ``outer_gae_lambda < 1`` trades that
+for lower variance (the usual actor-critic bias). ``outer_baseline="none"`` uses
+the reward-to-go ``G_t``. The auxiliary critic term (``c_o = outer_critic_coef``)
+is differentiated along the adaptation path only: DiCE's score term weighs the
+return estimate, so with ``c_o > 0`` the meta-gradient is that of ``J`` plus the
+path derivative of the adapted critic's regression loss.
+
+All estimators of :mod:`metarl_jax.maml` apply unchanged: ``"dice"`` adds the
+score of the inner actor log-probs, ``"lvc"`` uses the LVC actor surrogate in the
+inner step, ``"first_order"`` stops the inner gradients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from metarl_jax import losses
+from metarl_jax.learners import NORMALIZATIONS, _require
+from metarl_jax.networks import (
+    ACTIVATIONS,
+    LOG_2PI,
+    MLP,
+    CategoricalPolicy,
+    GaussianPolicy,
+    _categorical_entropy,
+    _categorical_log_prob,
+)
+from metarl_jax.rollout import Trajectory, rollout
+
+ARCHITECTURES = ("separate", "shared")
+OUTER_BASELINES = ("critic", "none")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ACConfig:
+    """Actor-critic inner learner (see the module docstring for the maths).
+
+    Attributes:
+      num_inner_episodes: episodes per inner step (``E``).
+      num_outer_episodes: episodes of the adapted actor for the outer loss (``E'``).
+      horizon: steps per episode (``T``).
+      gamma: discount ``gamma`` of returns, TD errors and the objective.
+      gae_lambda: ``lambda`` of the inner GAE advantages and lambda-return targets.
+      value_coef: ``c_v``, weight of the critic regression in the inner loss.
+      entropy_coef: ``c_H``, weight of the entropy bonus in the inner loss.
+      critic_lr_scale: the critic block's inner step is ``inner_lr * critic_lr_scale``
+        (``None`` means 1). Applied to the gradient in ``inner_grad``, so with an
+        optax inner optimizer it scales the gradient the optimizer sees.
+      standardize_advantages: rescale the actor's advantages to mean 0 / std 1 over
+        the batch (inner and outer).
+      architecture: ``"separate"`` (params ``{"actor", "critic"}``) or ``"shared"``
+        (one network, shared torso, policy and value heads).
+      outer_critic_coef: ``c_o``, weight of the adapted critic's loss in the outer loss.
+      normalize: ``"episode"`` (actor surrogate = sum over time, mean over episodes)
+        or ``"step"`` (mean over all valid steps), as in ``PGConfig``.
+      outer_baseline: ``"critic"`` (advantages of the adapted critic in the outer
+        surrogate) or ``"none"`` (reward-to-go).
+      outer_gae_lambda: ``lambda`` of the outer advantages and the outer critic's
+        targets; 1 keeps the outer surrogate unbiased.
+      bootstrap_at_horizon: bootstrap ``V(s_T)`` at the rollout horizon (an
+        infinite-horizon view) instead of ending the return there.
+    """
+
+    num_inner_episodes: int = 20
+    num_outer_episodes: int = 20
+    horizon: int = 100
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    critic_lr_scale: float | None = 1.0
+    standardize_advantages: bool = True
+    architecture: str = "separate"
+    outer_critic_coef: float = 0.0
+    normalize: str = "episode"
+    outer_baseline: str = "critic"
+    outer_gae_lambda: float = 1.0
+    bootstrap_at_horizon: bool = False
+
+    def __post_init__(self):
+        for name in ("num_inner_episodes", "num_outer_episodes", "horizon"):
+            value = getattr(self, name)
+            _require(_is_int(value) and value >= 1, name, value, "must be an integer >= 1")
+        _require(_is_real(self.gamma) and 0.0 < self.gamma <= 1.0, "gamma", self.gamma, "must be in (0, 1]")
+        for name in ("gae_lambda", "outer_gae_lambda"):
+            value = getattr(self, name)
+            _require(_is_real(value) and 0.0 <= value <= 1.0, name, value, "must be in [0, 1]")
+        for name in ("value_coef", "entropy_coef", "outer_critic_coef"):
+            value = getattr(self, name)
+            _require(_is_real(value) and value >= 0.0, name, value, "must be a finite number >= 0")
+        _require(self.critic_lr_scale is None or (_is_real(self.critic_lr_scale) and self.critic_lr_scale > 0.0),
+                 "critic_lr_scale", self.critic_lr_scale, "must be None or a finite number > 0")
+        _require(self.architecture in ARCHITECTURES, "architecture", self.architecture,
+                 f"allowed values are {ARCHITECTURES}")
+        _require(self.normalize in NORMALIZATIONS, "normalize", self.normalize, f"allowed values are {NORMALIZATIONS}")
+        _require(self.outer_baseline in OUTER_BASELINES, "outer_baseline", self.outer_baseline,
+                 f"allowed values are {OUTER_BASELINES}")
+        for name in ("standardize_advantages", "bootstrap_at_horizon"):
+            value = getattr(self, name)
+            _require(isinstance(value, bool), name, value, "must be a bool")
+
+    @property
+    def critic_scale(self) -> float:
+        return 1.0 if self.critic_lr_scale is None else float(self.critic_lr_scale)
+
+
+# ----------------------------------------------------------------------------- critics
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPCritic:
+    """``V(s) = MLP(s)``: ``init(key, obs_dim) -> params``, ``value(params, obs [..., D]) -> [...]``."""
+
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        if any(h < 1 for h in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes={self.hidden_sizes!r} is invalid: every size must be >= 1")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation={self.activation!r} is invalid: allowed values are {sorted(ACTIVATIONS)}")
+
+    @property
+    def network(self) -> MLP:
+        return MLP(self.hidden_sizes, 1, self.activation)
+
+    def init(self, key: jax.Array, obs_dim: int):
+        return self.network.init(key, jnp.zeros((1, obs_dim), jnp.float32))
+
+    def value(self, params, obs: jax.Array) -> jax.Array:
+        return self.network.apply(params, obs)[..., 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class TabularCritic:
+    """``V(s) = s . v`` for one-hot ``s`` (a bandit: one scalar). Params ``{"values": [S]}``, zero init."""
+
+    num_states: int
+
+    def __post_init__(self):
+        if not _is_int(self.num_states) or self.num_states < 1:
+            raise ValueError(f"num_states={self.num_states!r} is invalid: must be an integer >= 1")
+
+    def init(self, key: jax.Array, obs_dim: int):
+        del key
+        if obs_dim != self.num_states:
+            raise ValueError(f"obs_dim={obs_dim!r} does not match num_states={self.num_states!r}: "
+                             "a tabular critic needs one-hot observations of length num_states")
+        return {"values": jnp.zeros((self.num_states,), jnp.float32)}
+
+    def value(self, params, obs: jax.Array) -> jax.Array:
+        return obs @ params["values"]
+
+
+# ----------------------------------------------------------------------------- models
+# A model is a policy-like object over the *whole* parameter pytree (so rollouts can
+# use it as the policy) plus ``value`` and ``scale_critic_grads``.
+
+
+@dataclasses.dataclass(frozen=True)
+class SeparateActorCritic:
+    """Actor and critic with their own parameters: ``{"actor": ..., "critic": ...}``."""
+
+    actor: object
+    critic: object
+
+    def init(self, key: jax.Array, obs_dim: int):
+        key_actor, key_critic = jax.random.split(key)
+        return {"actor": self.actor.init(key_actor, obs_dim), "critic": self.critic.init(key_critic, obs_dim)}
+
+    def log_prob(self, params, obs: jax.Array, action: jax.Array) -> jax.Array:
+        return self.actor.log_prob(params["actor"], obs, action)
+
+    def sample(self, key: jax.Array, params, obs: jax.Array) -> jax.Array:
+        return self.actor.sample(key, params["actor"], obs)
+
+    def entropy(self, params, obs: jax.Array) -> jax.Array:
+        return self.actor.entropy(params["actor"], obs)
+
+    def value(self, params, obs: jax.Array) -> jax.Array:
+        return self.critic.value(params["critic"], obs)
+
+    def scale_critic_grads(self, grads, scale: float):
+        return {**grads, "critic": jax.tree.map(lambda g: g * scale, grads["critic"])}
+
+
+class SharedTorsoNetwork(nn.Module):
+    """``h = torso(s)``; policy head ``W_pi h + b`` (logits, or Gaussian mean), value head ``w_v . h + b``.
+
+    Returns ``(policy_out [..., num_outputs], value [...], log_std [num_outputs] or None)``;
+    ``log_std`` is a state-independent parameter for continuous actions.
+    """
+
+    hidden_sizes: Sequence[int]
+    num_outputs: int
+    activation: str = "tanh"
+    continuous: bool = False
+    init_log_std: float = 0.0
+
+    @nn.compact
+    def __call__(self, obs: jax.Array):
+        act = ACTIVATIONS[self.activation]
+        h = obs
+        for i, size in enumerate(self.hidden_sizes):
+            h = act(nn.Dense(size, name=f"torso_{i}")(h))
+        head_init = nn.initializers.lecun_normal() if self.continuous else nn.initializers.zeros
+        out = nn.Dense(self.num_outputs, kernel_init=head_init, name="policy_head")(h)
+        value = nn.Dense(1, name="value_head")(h)[..., 0]
+        log_std = None
+        if self.continuous:
+            log_std = self.param("log_std", nn.initializers.constant(self.init_log_std), (self.num_outputs,))
+        return out, value, log_std
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedActorCritic:
+    """One network with a shared torso, as a policy (``log_prob/sample/entropy``) with a ``value``.
+
+    Discrete: softmax over the logits head. Continuous: diagonal Gaussian with
+    the mean head and a learned state-independent ``log_std``. Params: flax
+    variables ``{"params": {"torso_i", "policy_head", "value_head"[, "log_std"]}}``.
+    """
+
+    num_outputs: int
+    continuous: bool
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    init_log_std: float = 0.0
+
+    @classmethod
+    def from_policy(cls, policy) -> "SharedActorCritic":
+        """Same action space, torso sizes and activation as a Categorical / Gaussian policy."""
+        if isinstance(policy, CategoricalPolicy):
+            return cls(int(policy.num_actions), False, tuple(policy.hidden_sizes), policy.activation)
+        if isinstance(policy, GaussianPolicy):
+            return cls(int(policy.action_dim), True, tuple(policy.hidden_sizes), policy.activation,
+                       float(policy.init_log_std))
+        raise ValueError(f"policy={policy!r} is invalid for architecture='shared': "
+                         "use a CategoricalPolicy or GaussianPolicy (its hidden sizes become the torso)")
+
+    @property
+    def network(self) -> SharedTorsoNetwork:
+        return SharedTorsoNetwork(self.hidden_sizes, self.num_outputs, self.activation, self.continuous,
+                                  self.init_log_std)
+
+    def init(self, key: jax.Array, obs_dim: int):
+        return self.network.init(key, jnp.zeros((1, obs_dim), jnp.float32))
+
+    def log_prob(self, params, obs: jax.Array, action: jax.Array) -> jax.Array:
+        out, _, log_std = self.network.apply(params, obs)
+        if not self.continuous:
+            return _categorical_log_prob(out, action)
+        z = (action - out) * jnp.exp(-log_std)
+        return -0.5 * jnp.sum(jnp.square(z) + 2.0 * log_std + LOG_2PI, axis=-1)
+
+    def sample(self, key: jax.Array, params, obs: jax.Array) -> jax.Array:
+        out, _, log_std = self.network.apply(params, obs)
+        if not self.continuous:
+            return jax.random.categorical(key, out, axis=-1).astype(jnp.int32)
+        return out + jnp.exp(log_std) * jax.random.normal(key, out.shape, out.dtype)
+
+    def entropy(self, params, obs: jax.Array) -> jax.Array:
+        out, _, log_std = self.network.apply(params, obs)
+        if not self.continuous:
+            return _categorical_entropy(out)
+        return jnp.broadcast_to(jnp.sum(0.5 * (1.0 + LOG_2PI) + log_std), obs.shape[:-1])
+
+    def value(self, params, obs: jax.Array) -> jax.Array:
+        return self.network.apply(params, obs)[1]
+
+    def scale_critic_grads(self, grads, scale: float):
+        inner = dict(grads["params"])
+        inner["value_head"] = jax.tree.map(lambda g: g * scale, inner["value_head"])
+        return {**grads, "params": inner}
+
+
+# ----------------------------------------------------------------------------- learner
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorCriticLearner:
+    """Actor-critic inner learner for :mod:`metarl_jax.maml` (interface of :mod:`metarl_jax.learners`).
+
+    Args:
+      env: a task family.
+      policy: the actor (a policy from :mod:`metarl_jax.networks`); for
+        ``architecture="shared"`` a Categorical/Gaussian policy whose hidden sizes
+        and activation define the shared torso.
+      config: :class:`ACConfig`.
+      critic_hidden_sizes, critic_activation: the MLP critic of ``"separate"``.
+      critic: any object with ``init(key, obs_dim)`` and ``value(params, obs)``
+        (e.g. :class:`TabularCritic`); overrides the MLP critic (``"separate"`` only).
+    """
+
+    env: object
+    policy: object
+    config: ACConfig = ACConfig()
+    critic_hidden_sizes: tuple[int, ...] = (64, 64)
+    critic_activation: str = "tanh"
+    critic: object | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.config, ACConfig):
+            raise ValueError(f"config={self.config!r} is invalid: must be an ACConfig")
+        object.__setattr__(self, "critic_hidden_sizes", tuple(self.critic_hidden_sizes))
+        if self.config.architecture == "shared":
+            if self.critic is not None:
+                raise ValueError(f"critic={self.critic!r} is invalid for architecture='shared': "
+                                 "the value head shares the policy's torso")
+            SharedActorCritic.from_policy(self.policy)  # validates the policy type
+        elif self.critic is None:
+            MLPCritic(self.critic_hidden_sizes, self.critic_activation)  # validates sizes and activation
+
+    @property
+    def model(self):
+        """The policy-like object over the whole params (used for rollouts too)."""
+        if self.config.architecture == "shared":
+            return SharedActorCritic.from_policy(self.policy)
+        critic = self.critic if self.critic is not None else MLPCritic(self.critic_hidden_sizes,
+                                                                        self.critic_activation)
+        return SeparateActorCritic(self.policy, critic)
+
+    # --- data
+
+    def init(self, key: jax.Array):
+        return self.model.init(key, self.env.obs_dim())
+
+    def collect(self, key: jax.Array, params, task) -> Trajectory:
+        cfg = self.config
+        return rollout(key, self.env, self.model, params, task, cfg.num_inner_episodes, cfg.horizon)
+
+    def collect_outer(self, key: jax.Array, params, task) -> Trajectory:
+        cfg = self.config
+        return rollout(key, self.env, self.model, params, task, cfg.num_outer_episodes, cfg.horizon)
+
+    # --- building blocks
+
+    def log_probs(self, params, traj: Trajectory) -> jax.Array:
+        """``log pi(a_t | s_t)``: ``[E, T]``."""
+        return self.model.log_prob(params, traj.obs, traj.action)
+
+    def values(self, params, traj: Trajectory) -> tuple[jax.Array, jax.Array]:
+        """``(V(s_t), V(s_{t+1}))``, both ``[E, T]``; ``V(s_T) = 0`` unless ``bootstrap_at_horizon``.
+
+        ``s_{t+1}`` is ``obs[:, t+1]`` for ``t < T - 1`` (the rollout carries it), so the
+        critic runs once over the batch plus once over the final observations.
+        """
+        chex.assert_rank(traj.reward, 2)
+        values = self.model.value(params, traj.obs)
+        chex.assert_equal_shape([values, traj.reward])
+        if self.config.bootstrap_at_horizon:
+            last = self.model.value(params, traj.next_obs[:, -1])
+        else:
+            last = jnp.zeros_like(values[:, -1])
+        next_values = jnp.concatenate([values[:, 1:], last[:, None]], axis=1)
+        return values, next_values
+
+    def advantages_and_targets(self, params, traj: Trajectory, lam: float) -> tuple[jax.Array, jax.Array]:
+        """GAE(lam) advantages ``A`` and lambda-return targets ``y = A + V``, ``[E, T]``, masked.
+
+        Differentiable functions of the critic parameters (no stop_gradient).
+        """
+        values, next_values = self.values(params, traj)
+        adv = losses.gae_advantages(traj.reward, values, next_values, traj.done, traj.mask,
+                                    self.config.gamma, lam) * traj.mask
+        return adv, (adv + values) * traj.mask
+
+    def _actor_advantages(self, adv: jax.Array, mask: jax.Array) -> jax.Array:
+        return losses.standardize(adv, mask) if self.config.standardize_advantages else adv * mask
+
+    def _scale(self, traj: Trajectory) -> jax.Array:
+        if self.config.normalize == "step":
+            return traj.num_episodes / jnp.maximum(jnp.sum(traj.mask), 1.0)
+        return jnp.ones((), traj.reward.dtype)
+
+    # --- inner step
+
+    def inner_objective(self, params, traj: Trajectory, advantages: jax.Array, targets: jax.Array,
+                        estimator: str = "dice") -> jax.Array:
+        """``L(p; A, y)`` with ``A`` and ``y`` given (no stop_gradient: see the module docstring)."""
+        cfg = self.config
+        chex.assert_equal_shape([advantages, targets, traj.reward])
+        logp = self.log_probs(params, traj)
+        surrogate = losses.lvc_surrogate if estimator == "lvc" else losses.policy_gradient_surrogate
+        actor = -surrogate(logp, self._actor_advantages(advantages, traj.mask), traj.mask,
+                           stop_gradient=False) * self._scale(traj)
+        critic = losses.value_loss(self.model.value(params, traj.obs), targets, traj.mask, stop_gradient=False)
+        entropy = losses.entropy_bonus(self.model.entropy(params, traj.obs), traj.mask)
+        return actor + cfg.value_coef * critic - cfg.entropy_coef * entropy
+
+    def inner_loss(self, params, traj: Trajectory, estimator: str = "dice") -> jax.Array:
+        """The inner loss with stop-gradient-ed advantages and targets (value and gradient of the step)."""
+        adv, targets = jax.lax.stop_gradient(self.advantages_and_targets(params, traj, self.config.gae_lambda))
+        return self.inner_objective(params, traj, adv, targets, estimator)
+
+    def inner_grad(self, params, traj: Trajectory, estimator: str = "dice"):
+        """``(L, P grad_p L(p; A(phi), y(phi)) |_{p=phi})``: what :func:`metarl_jax.maml.adapt` steps along.
+
+        ``A`` and ``y`` are computed from ``params`` and passed as constants of the
+        inner gradient; outer derivatives flow through them. ``P`` scales the
+        critic block by ``critic_lr_scale``.
+        """
+        adv, targets = self.advantages_and_targets(params, traj, self.config.gae_lambda)
+        loss, grads = jax.value_and_grad(self.inner_objective)(params, traj, adv, targets, estimator)
+        if self.config.critic_scale != 1.0:
+            grads = self.model.scale_critic_grads(grads, self.config.critic_scale)
+        return loss, grads
+
+    def log_prob_of_data(self, params, traj: Trajectory) -> jax.Array:
+        return jnp.sum(self.log_probs(params, traj) * traj.mask)
+
+    # --- outer objective
+
+    def outer_loss(self, params, traj: Trajectory) -> jax.Array:
+        """``-S(log pi, stop(A')) + c_o * 1/2 mean (V - stop(y'))^2`` on the outer batch."""
+        cfg = self.config
+        logp = self.log_probs(params, traj)
+        adv, targets = jax.lax.stop_gradient(self.advantages_and_targets(params, traj, cfg.outer_gae_lambda))
+        if cfg.outer_baseline == "none":
+            adv = losses.discounted_returns(traj.reward, traj.mask, cfg.gamma) * traj.mask
+        actor = -losses.policy_gradient_surrogate(logp, self._actor_advantages(adv, traj.mask), traj.mask)
+        loss = actor * self._scale(traj)
+        if cfg.outer_critic_coef > 0.0:
+            loss = loss + cfg.outer_critic_coef * losses.value_loss(self.model.value(params, traj.obs), targets,
+                                                                   traj.mask)
+        return loss
+
+    def objective_estimate(self, traj: Trajectory) -> jax.Array:
+        return jnp.mean(traj.episode_returns(self.config.gamma))
+
+    def mean_return(self, traj: Trajectory) -> jax.Array:
+        return jnp.mean(traj.episode_returns(1.0))

@@ -1,0 +1,536 @@
+"""Q-learning as the inner learner of MAML, with an exact second-order meta-gradient.
+
+Notation: ``theta`` the meta-parameters (the pre-adaptation Q-network),
+``phi_0 = theta``, ``phi_{k+1} = phi_k - alpha g(phi_k; tau_k)`` for ``k < K``,
+``tau_k`` a batch of transitions ``(s_t, a_t, r_t, d_t, s'_t, m_t)`` sampled by
+the behaviour policy of ``Q_{phi_k}`` (sampling is never differentiated).
+
+Inner update (semi-gradient Q-learning). With the bootstrap target
+
+    y_t(phi) = r_t + gamma (1 - d_t) max_a' Q_phi(s'_t, a'),
+    delta_t  = y_t(phi) - Q_phi(s_t, a_t),
+
+the inner step descends
+
+    g(phi) = grad_p L(p; y(phi)) |_{p = phi} = -1/Z sum_t m_t delta_t grad_phi Q_phi(s_t, a_t),
+    L(p; y) = 1/(2Z) sum_t m_t (y_t - Q_p(s_t, a_t))^2,
+
+with ``Z = sum_t m_t`` (``normalize="step"``) or ``Z = E`` (``"episode"``: sum over
+time, mean over episodes). Inside the step the target is held fixed (the
+usual semi-gradient: ``g`` is *not* the gradient of ``1/2 delta(phi)^2``, whose
+gradient would also differentiate ``y``), but ``y`` is a function of ``phi``
+and so of ``theta``: :meth:`QLearner.inner_grad` computes ``y(phi)`` outside the
+function whose gradient is taken and passes it in, so the meta-gradient
+``d phi_K / d theta`` flows through the target values. This is the derivative
+of the procedure actually run. (No scalar loss has ``g`` as its gradient as a
+function of ``phi``, because ``d g / d phi`` is not symmetric; that is why the
+learner provides ``inner_grad`` and :func:`metarl_jax.maml.adapt` uses it.)
+
+Targets (``QConfig.target``):
+
+* ``"semi_gradient"`` (default): as above; the meta-gradient differentiates ``y(phi_k)``.
+* ``"stop_gradient"``: ``y = stop_gradient(y(phi_k))``: same values and inner
+  steps, but the meta-gradient ignores how the targets depend on ``theta`` (what
+  an implementation that writes the semi-gradient as a loss with
+  ``stop_gradient`` computes). For comparison.
+* ``"frozen"``: a fixed target network: ``y = r + gamma (1 - d) max_a' Q_{stop(theta_T)}(s', a')``
+  with ``theta_T`` the target-network leaf of the parameters (below).
+
+``double_q`` (van Hasselt et al. 2016): the next action is chosen by the online
+parameters and valued by the target network, the pre-adaptation parameters:
+
+    y_t = r_t + gamma (1 - d_t) Q_{theta_T}(s'_t, argmax_a' Q_{phi_k}(s'_t, a')).
+
+The argmax is piecewise constant (no gradient); the value is differentiated
+through ``theta_T`` unless ``target`` is ``"frozen"`` or ``"stop_gradient"``.
+
+The target-network leaf. The learner's parameters are ``{"online": w}``, plus
+``{"target": w_T}`` when ``target="frozen"`` or ``double_q``. The inner gradient
+of ``"target"`` is zero, so with SGD (or any optax transformation that leaves
+a zero gradient alone: no weight decay) ``phi_k["target"] = theta["target"]``
+at every inner step: the pre-adaptation parameters are the target network.
+:meth:`QLearner.init` sets ``w_T = w``. For the meta-optimizer, wrap it with
+:func:`tie_target_network` to keep ``theta["target"] == theta["online"]`` (the
+meta-gradient of the tied function, ``d_online + d_target``, is applied to both);
+without the wrapper, ``"target"`` is a separately meta-learned network.
+
+Behaviour policies (``QConfig.behaviour``) built from ``Q_phi`` by :class:`QPolicy`:
+``"boltzmann"`` ``pi(a|s) = softmax(Q_phi(s) / temperature)``; ``"epsilon_greedy"``
+``(1 - epsilon) 1[a = argmax Q_phi(s)] + epsilon / A``; ``"uniform"`` ``1 / A``.
+The data density enters the meta-gradient through
+:meth:`QLearner.log_prob_of_data` (DiCE's score term in :mod:`metarl_jax.maml`):
+for ``"boltzmann"`` it is ``sum_t m_t log softmax(Q_phi(s_t)/temperature)[a_t]``,
+differentiable in ``phi``. For ``"uniform"`` the data do not depend on the
+parameters and it is 0: the meta-gradient is exact. For ``"epsilon_greedy"`` the
+density is piecewise constant in ``phi`` (it jumps where the argmax changes, a
+dependence no score term captures) and it is 0 too: the meta-gradient then
+ignores the dependence of the sampled data on the parameters, a documented
+approximation.
+
+Outer objective (``QConfig.outer``), on a fresh batch ``tau'``:
+
+* ``"td"`` (default): ``tau'`` from the behaviour policy of ``phi_K``; the outer loss is
+  the TD loss ``1/(2Z) sum_t m_t delta_t(phi_K)^2``, differentiated as a function of
+  ``phi_K`` (targets included, unless ``target`` stops them); the objective
+  estimate is minus its value. The dependence of ``tau'`` on ``phi_K`` (where the
+  adapted behaviour goes) is not differentiated.
+* ``"return"``: ``tau'`` from the Boltzmann policy of ``phi_K``; the outer loss is
+  its policy-gradient surrogate ``-1/Z sum_t m_t log pi_{phi_K}(a_t|s_t) G_t`` with
+  ``G_t`` the discounted reward-to-go held constant (the convention of
+  :class:`metarl_jax.learners.PolicyGradientLearner`); the objective estimate
+  is the mean discounted return over the same ``Z`` (``sum_e R_e / Z``), so the
+  score term and the surrogate estimate the gradient of one objective. With
+  ``behaviour="boltzmann"`` and ``estimator="dice"`` this is the unbiased
+  MAML-RL gradient of the procedure run.
+
+Episodes. Transitions come from :func:`metarl_jax.rollout.rollout`; a
+non-terminated last step of an episode bootstraps from ``s'`` (the horizon is a
+time limit, not a terminal state), so the fixed point of the inner update
+with full coverage is the discounted ``Q*`` of
+:func:`metarl_jax.tasks.tabular_mdp.discounted_q_value_iteration`,
+``Q = R + gamma P max_a Q``.
+
+Estimators: TD has no LVC form; ``"dice"``, ``"lvc"`` and ``"naive"`` take the
+same inner step (``"dice"`` adds the score term in :mod:`metarl_jax.maml`),
+``"first_order"`` stops the inner gradients there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from metarl_jax import losses
+from metarl_jax.learners import _require
+from metarl_jax.networks import ACTIVATIONS, MLP
+from metarl_jax.rollout import Trajectory, rollout
+
+BEHAVIOURS = ("epsilon_greedy", "boltzmann", "uniform")
+TARGETS = ("semi_gradient", "stop_gradient", "frozen")
+OUTERS = ("td", "return")
+NORMALIZATIONS = ("step", "episode")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class QConfig:
+    """Q-learning inner learner.
+
+    Attributes:
+      num_inner_episodes: episodes per inner step (``E``).
+      num_outer_episodes: episodes of the adapted behaviour for the outer loss (``E'``).
+      horizon: steps per episode (``T``).
+      gamma: discount of the bootstrap target and the reward-to-go, in ``[0, 1]``.
+      behaviour: ``"epsilon_greedy"`` | ``"boltzmann"`` | ``"uniform"`` (see module docstring).
+      epsilon: exploration rate of ``"epsilon_greedy"``, in ``[0, 1]``.
+      temperature: ``tau > 0`` of the Boltzmann policy ``softmax(Q / tau)`` (the
+        behaviour for ``"boltzmann"`` and the outer policy for ``outer="return"``).
+      double_q: double Q-learning with the pre-adaptation parameters as target network.
+      target: ``"semi_gradient"`` | ``"stop_gradient"`` | ``"frozen"``.
+      outer: ``"td"`` | ``"return"``.
+      normalize: ``"step"``: losses are means over valid steps; ``"episode"``:
+        sums over time, means over episodes.
+    """
+
+    num_inner_episodes: int = 10
+    num_outer_episodes: int = 10
+    horizon: int = 20
+    gamma: float = 0.9
+    behaviour: str = "boltzmann"
+    epsilon: float = 0.1
+    temperature: float = 1.0
+    double_q: bool = False
+    target: str = "semi_gradient"
+    outer: str = "td"
+    normalize: str = "step"
+
+    def __post_init__(self):
+        for name in ("num_inner_episodes", "num_outer_episodes", "horizon"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                     name, value, "must be an integer >= 1")
+        _require(_is_number(self.gamma) and 0.0 <= self.gamma <= 1.0, "gamma", self.gamma, "must be in [0, 1]")
+        _require(self.behaviour in BEHAVIOURS, "behaviour", self.behaviour, f"allowed values are {BEHAVIOURS}")
+        _require(_is_number(self.epsilon) and 0.0 <= self.epsilon <= 1.0, "epsilon", self.epsilon,
+                 "must be in [0, 1]")
+        _require(_is_number(self.temperature) and self.temperature > 0.0, "temperature", self.temperature,
+                 "must be > 0")
+        _require(isinstance(self.double_q, bool), "double_q", self.double_q, "must be True or False")
+        _require(self.target in TARGETS, "target", self.target, f"allowed values are {TARGETS}")
+        _require(self.outer in OUTERS, "outer", self.outer, f"allowed values are {OUTERS}")
+        _require(self.normalize in NORMALIZATIONS, "normalize", self.normalize,
+                 f"allowed values are {NORMALIZATIONS}")
+
+    @property
+    def uses_target_network(self) -> bool:
+        """Whether the parameters carry a ``"target"`` leaf (``target="frozen"`` or ``double_q``)."""
+        return self.target == "frozen" or self.double_q
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+# --------------------------------------------------------------------------- Q-networks
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPQNetwork:
+    """``Q(s) = MLP(s)``: ``[..., obs_dim] -> [..., A]``. Params: flax params."""
+
+    num_actions: int
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "relu"
+
+    def __post_init__(self):
+        _require(int(self.num_actions) >= 1, "num_actions", self.num_actions, "must be an integer >= 1")
+        _require(all(int(h) >= 1 for h in self.hidden_sizes), "hidden_sizes", tuple(self.hidden_sizes),
+                 "every size must be >= 1")
+        _require(self.activation in ACTIVATIONS, "activation", self.activation,
+                 f"allowed values are {sorted(ACTIVATIONS)}")
+
+    @property
+    def network(self) -> MLP:
+        return MLP(tuple(self.hidden_sizes), self.num_actions, self.activation)
+
+    def init(self, key: jax.Array, obs_dim: int):
+        return self.network.init(key, jnp.zeros((1, obs_dim), jnp.float32))
+
+    def q_values(self, params, obs: jax.Array) -> jax.Array:
+        return self.network.apply(params, obs)
+
+
+@dataclasses.dataclass(frozen=True)
+class TabularQNetwork:
+    """A Q-table: ``Q(s) = s @ q`` for one-hot ``s`` (``= q[state]``). Params: ``{"q": [S, A]}``.
+
+    Initialised to ``init_std * N(0, 1)`` entries (zeros by default).
+    """
+
+    num_states: int
+    num_actions: int
+    init_std: float = 0.0
+
+    def __post_init__(self):
+        _require(int(self.num_states) >= 1, "num_states", self.num_states, "must be an integer >= 1")
+        _require(int(self.num_actions) >= 1, "num_actions", self.num_actions, "must be an integer >= 1")
+        _require(_is_number(self.init_std) and self.init_std >= 0.0, "init_std", self.init_std, "must be >= 0")
+
+    def init(self, key: jax.Array, obs_dim: int):
+        _require(obs_dim == self.num_states, "obs_dim", obs_dim,
+                 f"a Q-table needs one-hot observations of length num_states={self.num_states}")
+        shape = (self.num_states, self.num_actions)
+        return {"q": self.init_std * jax.random.normal(key, shape, jnp.float32)}
+
+    def q_values(self, params, obs: jax.Array) -> jax.Array:
+        return jnp.matmul(obs, params["q"], precision=jax.lax.Precision.HIGHEST)
+
+
+# --------------------------------------------------------------------------- behaviour policy
+
+
+@dataclasses.dataclass(frozen=True)
+class QPolicy:
+    """A policy from a Q-network (the policy interface of :mod:`metarl_jax.networks`).
+
+    ``params`` are the Q-network's parameters. ``kind``: ``"boltzmann"``
+    (``softmax(Q / temperature)``), ``"epsilon_greedy"`` or ``"uniform"``.
+    """
+
+    q_network: object
+    kind: str = "boltzmann"
+    epsilon: float = 0.1
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        _require(self.kind in BEHAVIOURS, "kind", self.kind, f"allowed values are {BEHAVIOURS}")
+
+    def log_probs_all(self, params, obs: jax.Array) -> jax.Array:
+        """``log pi(. | s)``: ``[..., obs_dim] -> [..., A]``.
+
+        Differentiable for ``"boltzmann"``; for ``"epsilon_greedy"`` (piecewise
+        constant in ``params``) and ``"uniform"`` the gradient is zero.
+        """
+        q = self.q_network.q_values(params, obs)
+        num_actions = q.shape[-1]
+        if self.kind == "boltzmann":
+            return jax.nn.log_softmax(q / self.temperature, axis=-1)
+        if self.kind == "uniform":
+            return jnp.full(q.shape, -jnp.log(num_actions), q.dtype)
+        greedy = jax.nn.one_hot(jnp.argmax(q, axis=-1), num_actions, dtype=q.dtype)
+        return jax.lax.stop_gradient(jnp.log((1.0 - self.epsilon) * greedy + self.epsilon / num_actions))
+
+    def log_prob(self, params, obs: jax.Array, action: jax.Array) -> jax.Array:
+        """``log pi(a | s)``: ``[..., obs_dim], [...] -> [...]``."""
+        logp = self.log_probs_all(params, obs)
+        return jnp.take_along_axis(logp, action[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+    def sample(self, key: jax.Array, params, obs: jax.Array) -> jax.Array:
+        q = self.q_network.q_values(params, obs)
+        num_actions = q.shape[-1]
+        key_explore, key_action = jax.random.split(key)
+        if self.kind == "boltzmann":
+            return jax.random.categorical(key_action, q / self.temperature, axis=-1).astype(jnp.int32)
+        uniform = jax.random.randint(key_action, q.shape[:-1], 0, num_actions, jnp.int32)
+        if self.kind == "uniform":
+            return uniform
+        explore = jax.random.uniform(key_explore, q.shape[:-1]) < self.epsilon
+        return jnp.where(explore, uniform, jnp.argmax(q, axis=-1).astype(jnp.int32))
+
+    def probs(self, params, obs: jax.Array) -> jax.Array:
+        return jnp.exp(self.log_probs_all(params, obs))
+
+    def entropy(self, params, obs: jax.Array) -> jax.Array:
+        logp = self.log_probs_all(params, obs)
+        return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+def q_learning_targets(
+    next_q_select: jax.Array, next_q_value: jax.Array, reward: jax.Array, done: jax.Array, gamma: float
+) -> jax.Array:
+    """``y = r + gamma (1 - d) next_q_value[argmax_a next_q_select[a]]``: ``[...]``.
+
+    ``next_q_select``, ``next_q_value``: ``[..., A]`` (the same array for plain
+    Q-learning, where this is ``max_a Q(s', a)``; online and target network
+    values for double Q-learning); ``reward``, ``done``: ``[...]``.
+    """
+    chex.assert_equal_shape([next_q_select, next_q_value])
+    chex.assert_equal_shape([reward, done])
+    a_star = jnp.argmax(next_q_select, axis=-1)
+    next_v = jnp.take_along_axis(next_q_value, a_star[..., None], axis=-1)[..., 0]
+    return reward + gamma * (1.0 - done.astype(next_v.dtype)) * next_v
+
+
+def td_loss_given_targets(q_sa: jax.Array, targets: jax.Array, mask: jax.Array, normalizer: jax.Array) -> jax.Array:
+    """``1/(2Z) sum m (y - Q(s, a))^2`` with ``y`` as given (not stopped: the caller decides)."""
+    chex.assert_equal_shape([q_sa, targets, mask])
+    return 0.5 * jnp.sum(mask * jnp.square(targets - q_sa)) / normalizer
+
+
+def tie_target_network(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Wrap a meta-optimizer so that ``theta["target"]`` stays equal to ``theta["online"]``.
+
+    The meta-loss is a function ``F(w, w_T)`` evaluated at ``w_T = w``; the gradient
+    of the tied function ``w -> F(w, w)`` is ``d_w F + d_{w_T} F``. This
+    transformation sums the two into the ``"online"`` gradient, runs
+    ``optimizer`` and gives ``"target"`` the same update as ``"online"``. It
+    finds the Q-learner parameters at ``tree["policy"]`` (MAML meta-parameters)
+    or at the top level, and is the identity wrapper when there is no
+    ``"target"`` leaf. Learned inner rates (``"inner_lr"``) are left alone.
+    """
+
+    def _q_params(tree):
+        return tree["policy"] if isinstance(tree, dict) and "policy" in tree else tree
+
+    def _replace(tree, q_params):
+        if isinstance(tree, dict) and "policy" in tree:
+            return dict(tree, policy=q_params)
+        return q_params
+
+    def init(params):
+        return optimizer.init(params)
+
+    def update(grads, state, params=None):
+        q_grads = _q_params(grads)
+        tied = isinstance(q_grads, dict) and "target" in q_grads
+        if tied:
+            merged = jax.tree.map(jnp.add, q_grads["online"], q_grads["target"])
+            zeros = jax.tree.map(jnp.zeros_like, q_grads["target"])
+            grads = _replace(grads, dict(q_grads, online=merged, target=zeros))
+        updates, state = optimizer.update(grads, state, params)
+        if tied:
+            q_updates = _q_params(updates)
+            updates = _replace(updates, dict(q_updates, target=q_updates["online"]))
+        return updates, state
+
+    return optax.GradientTransformation(init, update)
+
+
+@struct.dataclass
+class OuterBatch:
+    """The outer batch: the trajectories and ``objective``, the scalar that
+    :meth:`QLearner.objective_estimate` reports (computed at collection, not differentiated)."""
+
+    traj: Trajectory
+    objective: jax.Array
+
+
+# --------------------------------------------------------------------------- learner
+
+
+@dataclasses.dataclass(frozen=True)
+class QLearner:
+    """Q-learning inner learner for :mod:`metarl_jax.maml` (see the module docstring).
+
+    Args:
+      env: a task family with a ``Discrete`` action space.
+      q_network: :class:`MLPQNetwork` or :class:`TabularQNetwork` (anything with
+        ``init(key, obs_dim)`` and ``q_values(params, obs) -> [..., A]``).
+      config: :class:`QConfig`.
+
+    Parameters: ``{"online": q_params}`` plus ``{"target": q_params}`` when
+    ``config.uses_target_network``.
+    """
+
+    env: object
+    q_network: object
+    config: QConfig = QConfig()
+
+    # ---- policies
+    @property
+    def behaviour_policy(self) -> QPolicy:
+        cfg = self.config
+        return QPolicy(self.q_network, cfg.behaviour, cfg.epsilon, cfg.temperature)
+
+    @property
+    def boltzmann_policy(self) -> QPolicy:
+        return QPolicy(self.q_network, "boltzmann", self.config.epsilon, self.config.temperature)
+
+    # ---- interface
+    def init(self, key: jax.Array):
+        online = self.q_network.init(key, self.env.obs_dim())
+        if self.config.uses_target_network:
+            return {"online": online, "target": jax.tree.map(jnp.copy, online)}
+        return {"online": online}
+
+    def q_values(self, params, obs: jax.Array) -> jax.Array:
+        """``Q_online(s)``: ``[..., obs_dim] -> [..., A]``."""
+        return self.q_network.q_values(params["online"], obs)
+
+    def collect(self, key: jax.Array, params, task) -> Trajectory:
+        """``E`` episodes of the behaviour policy of ``Q_params`` (not differentiated)."""
+        cfg = self.config
+        return rollout(key, self.env, self.behaviour_policy, params["online"], task,
+                       cfg.num_inner_episodes, cfg.horizon)
+
+    def collect_outer(self, key: jax.Array, params, task) -> OuterBatch:
+        """``E'`` episodes of the behaviour (``outer="td"``) or Boltzmann (``"return"``) policy of ``phi_K``."""
+        cfg = self.config
+        policy = self.behaviour_policy if cfg.outer == "td" else self.boltzmann_policy
+        traj = rollout(key, self.env, policy, params["online"], task, cfg.num_outer_episodes, cfg.horizon)
+        if cfg.outer == "td":
+            objective = -self.td_loss(jax.lax.stop_gradient(params), traj)
+        else:
+            objective = jnp.sum(traj.episode_returns(cfg.gamma)) / self._normalizer(traj)
+        return OuterBatch(traj=traj, objective=jax.lax.stop_gradient(objective))
+
+    def _check(self, traj: Trajectory) -> None:
+        chex.assert_rank(traj.reward, 2)
+        chex.assert_equal_shape([traj.reward, traj.done, traj.mask, traj.action])
+        chex.assert_equal_shape([traj.obs, traj.next_obs])
+
+    def _normalizer(self, traj: Trajectory) -> jax.Array:
+        if self.config.normalize == "step":
+            return jnp.maximum(jnp.sum(traj.mask), 1.0)
+        return jnp.asarray(traj.num_episodes, traj.reward.dtype)
+
+    def td_targets(self, params, traj: Trajectory) -> jax.Array:
+        """Bootstrap targets ``y_t`` of the batch as a function of ``params``: ``[E, T]``.
+
+        Differentiable in ``params`` (through the online network, or the
+        target network for ``double_q``) unless ``config.target`` stops it.
+        """
+        cfg = self.config
+        next_q_online = self.q_network.q_values(params["online"], traj.next_obs)
+        if cfg.target == "frozen":
+            next_q_value = self.q_network.q_values(jax.lax.stop_gradient(params["target"]), traj.next_obs)
+            next_q_select = next_q_online if cfg.double_q else next_q_value
+        elif cfg.double_q:
+            next_q_value = self.q_network.q_values(params["target"], traj.next_obs)
+            next_q_select = next_q_online
+        else:
+            next_q_value = next_q_select = next_q_online
+        targets = q_learning_targets(next_q_select, next_q_value, traj.reward, traj.done, cfg.gamma)
+        if cfg.target == "stop_gradient":
+            targets = jax.lax.stop_gradient(targets)
+        return targets
+
+    def _q_taken(self, online_params, traj: Trajectory) -> jax.Array:
+        q = self.q_network.q_values(online_params, traj.obs)
+        return jnp.take_along_axis(q, traj.action[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+    def td_loss(self, params, traj: Trajectory) -> jax.Array:
+        """``1/(2Z) sum m delta(params)^2``, the targets differentiable as :meth:`td_targets` says."""
+        self._check(traj)
+        return td_loss_given_targets(self._q_taken(params["online"], traj), self.td_targets(params, traj),
+                                     traj.mask, self._normalizer(traj))
+
+    def inner_grad(self, params, traj: Trajectory, estimator: str = "dice"):
+        """``(L, g)``: the semi-gradient TD step, differentiable in ``params`` through the targets.
+
+        ``y = td_targets(params)`` is computed outside the differentiated
+        function, so ``g = grad_p L(p; y)|_{p=params}`` holds ``y`` fixed while a
+        derivative of ``g`` with respect to ``params`` sees ``y(params)``. ``g`` has
+        the structure of ``params`` (zero for ``"target"``). ``estimator`` is
+        accepted for the interface (every estimator takes this step).
+        """
+        del estimator
+        self._check(traj)
+        targets = self.td_targets(params, traj)
+        normalizer = self._normalizer(traj)
+
+        def loss_given_targets(p):
+            return td_loss_given_targets(self._q_taken(p["online"], traj), targets, traj.mask, normalizer)
+
+        return jax.value_and_grad(loss_given_targets)(params)
+
+    def inner_loss(self, params, traj: Trajectory, estimator: str = "dice") -> jax.Array:
+        """The semi-gradient TD loss with stopped targets: its gradient is the inner step.
+
+        Its *higher* derivatives ignore the target's dependence on ``params``;
+        :func:`metarl_jax.maml.adapt` uses :meth:`inner_grad` instead.
+        """
+        del estimator
+        self._check(traj)
+        targets = jax.lax.stop_gradient(self.td_targets(params, traj))
+        return td_loss_given_targets(self._q_taken(params["online"], traj), targets, traj.mask,
+                                     self._normalizer(traj))
+
+    def log_prob_of_data(self, params, traj: Trajectory) -> jax.Array:
+        """``sum_t m_t log softmax(Q(s_t)/temperature)[a_t]`` for ``"boltzmann"``, else 0 (module docstring)."""
+        if self.config.behaviour != "boltzmann":
+            return jnp.zeros((), traj.reward.dtype)
+        logp = self.boltzmann_policy.log_prob(params["online"], traj.obs, traj.action)
+        return jnp.sum(logp * traj.mask)
+
+    def outer_loss(self, params, data: OuterBatch) -> jax.Array:
+        """TD loss of ``phi_K`` (``"td"``) or minus the PG surrogate of its Boltzmann policy (``"return"``)."""
+        traj = data.traj
+        if self.config.outer == "td":
+            return self.td_loss(params, traj)
+        self._check(traj)
+        logp = self.boltzmann_policy.log_prob(params["online"], traj.obs, traj.action)
+        reward_to_go = jax.lax.stop_gradient(losses.discounted_returns(traj.reward, traj.mask, self.config.gamma))
+        return -jnp.sum(logp * reward_to_go * traj.mask) / self._normalizer(traj)
+
+    def objective_estimate(self, data: OuterBatch) -> jax.Array:
+        """Minus the outer TD loss (``"td"``) or the mean discounted return per ``Z`` (``"return"``)."""
+        return data.objective
+
+    def mean_return(self, data) -> jax.Array:
+        """Mean undiscounted episode return of a batch (inner ``Trajectory`` or :class:`OuterBatch`)."""
+        traj = data.traj if isinstance(data, OuterBatch) else data
+        return jnp.mean(traj.episode_returns(1.0))
+
+
+def q_network_for(family, hidden_sizes: Sequence[int] = (64, 64), activation: str = "relu", tabular: bool = False):
+    """A Q-network matching a discrete-action family: a table (one-hot observations) or an MLP."""
+    from gymnax.environments import spaces
+
+    space = family.action_space(family.default_params)
+    if not isinstance(space, spaces.Discrete):
+        raise ValueError(f"action_space={space!r} is invalid: Q-learning needs a Discrete action space")
+    if tabular:
+        return TabularQNetwork(family.obs_dim(), int(space.n))
+    return MLPQNetwork(int(space.n), tuple(hidden_sizes), activation)

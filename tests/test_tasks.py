@@ -615,7 +615,9 @@ def test_wrapped_task_persists_across_auto_resets(families, name):
     final_obs = np.asarray(traj["final_obs"])
     np.testing.assert_allclose(replay(task), final_obs, rtol=1e-6, atol=1e-6)
     assert np.abs(np.asarray(replay(other)) - final_obs).max() > 1e-4
-    defaults = jax.tree.map(lambda d, t: jnp.asarray(d, t.dtype), family.default_params, task)
+    defaults = family.default_params
+    dtypes = [jnp.asarray(x).dtype for x in jax.tree.leaves(defaults)]
+    assert dtypes == [jnp.asarray(x).dtype for x in jax.tree.leaves(task)]
     assert np.abs(np.asarray(replay(defaults)) - final_obs).max() > 1e-4
 
 

@@ -172,13 +172,16 @@ class RandomizedParams(TaskFamily):
 
     @property
     def default_params(self):
-        """The wrapped env's defaults (with ``horizon`` applied), passed through ``derived``."""
+        """The wrapped env's defaults (``horizon`` applied, through ``derived``, floats as float32).
+
+        Same structure and leaf dtypes as a sampled task, so the two mix in ``vmap``/``select``.
+        """
         params = self.env.default_params
         if self.horizon is not None:
             params = params.replace(max_steps_in_episode=self.horizon)
         if self.derived is not None:
             params = self.derived(params)
-        return params
+        return _floats_to_float32(params)
 
     def sample_params(self, key: jax.Array):
         """Defaults with every named field replaced by an independent draw, then ``derived``."""

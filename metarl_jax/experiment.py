@@ -126,7 +126,15 @@ def new_run_dir(config: MAMLExperimentConfig) -> str:
     if config.run_dir is not None:
         return config.run_dir
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return os.path.join(config.out_dir, config.name, stamp)
+    base = os.path.join(config.out_dir, config.name, stamp)
+    path, n = base, 1
+    while True:  # never share a directory with a run started in the same second
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            n += 1
+            path = f"{base}-{n}"
 
 
 def _json_default(x):

@@ -138,7 +138,22 @@ class PolicyGradientLearner:
         return -losses.policy_gradient_surrogate(logp, self.advantages(traj), traj.mask) * self._scale(traj)
 
     def objective_estimate(self, traj: Trajectory) -> jax.Array:
-        return jnp.mean(traj.episode_returns(self.config.gamma))
+        """Mean discounted return, on the scale of :meth:`outer_loss`'s gradient.
+
+        The outer surrogate estimates ``c * grad V`` where ``c`` is the surrogate's
+        normalisation (``1/T`` for ``normalize="step"``) divided by the advantage
+        standard deviation when advantages are standardised; the DiCE score term
+        ``(V_hat - b) grad log p(tau)`` must carry the same ``c`` or the two parts of
+        the meta-gradient would be weighed inconsistently.
+        """
+        cfg = self.config
+        value = jnp.mean(traj.episode_returns(cfg.gamma)) * self._scale(traj)
+        if cfg.standardize_advantages:
+            raw = pg_advantages(traj, cfg.gamma, cfg.baseline, standardize=False)
+            mean = losses.masked_mean(raw, traj.mask)
+            std = jnp.sqrt(losses.masked_mean(jnp.square(raw - mean), traj.mask))
+            value = value / (std + 1e-8)
+        return jax.lax.stop_gradient(value)
 
     def mean_return(self, traj: Trajectory) -> jax.Array:
         return jnp.mean(traj.episode_returns(1.0))

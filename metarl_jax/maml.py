@@ -286,7 +286,7 @@ def make_meta_train_step(
             keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
             meta_params = keep(meta_params, state.meta_params)
             opt_state = keep(opt_state, state.opt_state)
-        metrics = dict(metrics, meta_loss=loss, grad_norm=optax.global_norm(grads), grad_finite=finite)
+        metrics = dict(metrics, meta_loss=loss, grad_norm=optax.tree.norm(grads), grad_finite=finite)
         return MetaTrainState(meta_params, opt_state, key, state.step + 1), metrics
 
     return step

@@ -1,0 +1,116 @@
+"""The training loop: resume equals an uninterrupted run, non-finite gradients, determinism, CLI errors."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.maml_bandit import BanditConfig
+from metarl_jax import checkpoint
+from metarl_jax.experiment import build
+from metarl_jax.tasks import sample_tasks
+from metarl_jax.train import NonFiniteGradientError, TrainConfig, meta_train, read_metrics
+
+CONFIG = BanditConfig(num_iterations=8, meta_batch=4, num_episodes=4, horizon=5, hidden_sizes=(8,),
+                      iterations_per_call=2, checkpoint_every=2)
+
+
+def _setup(config=CONFIG):
+    family, learner, maml_config, train_config = build(config)
+    sample = lambda key: sample_tasks(family, key, train_config.meta_batch)
+    return learner, maml_config, train_config, sample
+
+
+def _strip(history):
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    learner, maml_config, train_config, sample = _setup()
+    _, full = meta_train(learner, maml_config, train_config, sample, str(tmp_path / "full"), progress=False)
+    interrupted = str(tmp_path / "interrupted")
+    meta_train(learner, maml_config, train_config, sample, interrupted, progress=False, stop_after=4)
+    assert len(read_metrics(interrupted)) == 4
+    # Simulate work done after the last checkpoint and lost in a crash: an extra metrics line.
+    with open(os.path.join(interrupted, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"iteration": 4, "post_adaptation_return": 123.0}) + "\n")
+    state, resumed = meta_train(learner, maml_config, train_config, sample, interrupted, progress=False)
+    assert int(state.step) == 8
+    assert _strip(read_metrics(interrupted)) == _strip(full)
+    assert _strip(resumed) == _strip(full)
+
+
+def test_same_seed_same_metrics_and_different_seed_differs():
+    learner, maml_config, train_config, sample = _setup()
+    _, a = meta_train(learner, maml_config, train_config, sample, progress=False)
+    _, b = meta_train(learner, maml_config, train_config, sample, progress=False)
+    assert _strip(a) == _strip(b)
+    other = dataclasses.replace(train_config, seed=1)
+    _, c = meta_train(learner, maml_config, other, sample, progress=False)
+    assert _strip(a) != _strip(c)
+
+
+class _NaNLearner:
+    """Wraps a learner so that its outer loss, hence the meta-gradient, is NaN."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def outer_loss(self, params, data):
+        return self._inner.outer_loss(params, data) * jnp.nan
+
+
+def test_nonfinite_gradient_stops_and_keeps_last_good_checkpoint(tmp_path):
+    learner, maml_config, train_config, sample = _setup()
+    run_dir = str(tmp_path / "run")
+    good_state, _ = meta_train(learner, maml_config, dataclasses.replace(train_config, num_iterations=4), sample,
+                               run_dir, progress=False)
+    with pytest.raises(NonFiniteGradientError, match="non-finite meta-gradient at iteration 4"):
+        meta_train(_NaNLearner(learner), maml_config, train_config, sample, run_dir, progress=False)
+    step, restored, _ = checkpoint.restore_latest(os.path.join(run_dir, "checkpoints"), good_state)
+    assert step == 4
+    for a, b in zip(np.asarray(restored.meta_params["policy"]["params"]["Dense_0"]["kernel"]).ravel(),
+                    np.asarray(good_state.meta_params["policy"]["params"]["Dense_0"]["kernel"]).ravel()):
+        assert a == b
+    assert len(read_metrics(run_dir)) == 4
+
+
+def test_nonfinite_gradient_skip_leaves_parameters_unchanged():
+    learner, maml_config, train_config, sample = _setup()
+    skip = dataclasses.replace(train_config, num_iterations=2, on_nonfinite="skip")
+    from metarl_jax.maml import init_train_state
+    from metarl_jax.train import make_optimizer
+
+    initial = init_train_state(__import__("jax").random.PRNGKey(skip.seed), learner, maml_config, make_optimizer(skip))
+    state, history = meta_train(_NaNLearner(learner), maml_config, skip, sample, progress=False)
+    assert [h["grad_finite"] for h in history] == [False, False]
+    for a, b in zip(__import__("jax").tree.leaves(state.meta_params), __import__("jax").tree.leaves(initial.meta_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_train_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="meta_batch=0"):
+        TrainConfig(meta_batch=0)
+    with pytest.raises(ValueError, match="on_nonfinite='ignore'"):
+        TrainConfig(on_nonfinite="ignore")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--inner-lr", "-1"], "inner_lr=-1.0 is invalid"),
+    (["--estimator", "maml"], "estimator='maml' is invalid"),
+    (["--meta-batch", "0"], "meta_batch=0 is invalid"),
+])
+def test_cli_rejects_bad_values_without_traceback(args, message):
+    proc = subprocess.run([sys.executable, "-m", "experiments.maml_bandit", *args], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr

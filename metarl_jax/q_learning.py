@@ -98,6 +98,7 @@ same inner step (``"dice"`` adds the score term in :mod:`metarl_jax.maml`),
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Sequence
 
 import chex
@@ -155,7 +156,7 @@ class QConfig:
     def __post_init__(self):
         for name in ("num_inner_episodes", "num_outer_episodes", "horizon"):
             value = getattr(self, name)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+            _require(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1,
                      name, value, "must be an integer >= 1")
         _require(_is_number(self.gamma) and 0.0 <= self.gamma <= 1.0, "gamma", self.gamma, "must be in [0, 1]")
         _require(self.behaviour in BEHAVIOURS, "behaviour", self.behaviour, f"allowed values are {BEHAVIOURS}")
@@ -176,7 +177,7 @@ class QConfig:
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 # --------------------------------------------------------------------------- Q-networks
@@ -184,7 +185,11 @@ def _is_number(x) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class MLPQNetwork:
-    """``Q(s) = MLP(s)``: ``[..., obs_dim] -> [..., A]``. Params: flax params."""
+    """``Q(s) = MLP(s)``: ``[..., obs_dim] -> [..., A]``. Params: flax params.
+
+    The matmuls run at JAX's default precision (TF32 on recent NVIDIA GPUs);
+    the Q-table below uses ``HIGHEST`` (it is a lookup and must be exact).
+    """
 
     num_actions: int
     hidden_sizes: tuple[int, ...] = (64, 64)

@@ -8,7 +8,11 @@
   function of ``theta`` with the data held fixed, and its reverse-mode gradient
   must equal central finite differences in float64. The same meta-gradient with
   ``stop_gradient``-ed targets (same loss value, same inner steps) must differ
-  and must not match the finite differences.
+  and must not match the finite differences (checked in the tabular case: one
+  more compile per case is the price). Cases: tabular Q with uniform
+  behaviour and the TD outer loss; an MLP Q with Boltzmann behaviour and the
+  return outer loss; tabular double Q (target values from the target-network
+  leaf) with epsilon-greedy behaviour.
 * Fixed point. ``discounted_q_value_iteration`` documents ``Q* = R + gamma P max_a Q*``.
   The learner's own inner step (:meth:`QLearner.inner_grad`), fed every
   ``(s, a, s')`` with weight ``P(s' | s, a)`` in ``mask`` (the expected update),
@@ -65,19 +69,22 @@ def _random_like(key, tree, scale=0.5):
 # --------------------------------------------------------------------------- meta-gradient vs finite differences
 
 FD_CASES = {
+    # name: (Q-network, config overrides, also compare with stopped targets)
     # Tabular Q, uniform behaviour (data independent of theta), TD outer loss.
-    "tabular-uniform-td": (TabularQNetwork(3, 2), dict(behaviour="uniform", outer="td")),
-    # MLP Q, Boltzmann behaviour, return outer loss, double Q with the target-network leaf.
-    "mlp-boltzmann-return-double": (
-        MLPQNetwork(2, (8,), "tanh"), dict(behaviour="boltzmann", outer="return", double_q=True)
+    "tabular-uniform-td": (TabularQNetwork(3, 2), dict(behaviour="uniform", outer="td"), True),
+    # MLP Q, Boltzmann behaviour, return outer loss.
+    "mlp-boltzmann-return": (MLPQNetwork(2, (8,), "tanh"), dict(behaviour="boltzmann", outer="return"), False),
+    # Tabular Q, epsilon-greedy behaviour, double Q: the target values come from the target-network leaf.
+    "tabular-egreedy-td-double": (
+        TabularQNetwork(3, 2), dict(behaviour="epsilon_greedy", epsilon=0.3, outer="td", double_q=True), False
     ),
 }
 
 
-@pytest.fixture(scope="module", params=sorted(FD_CASES))
+@pytest.fixture(scope="module")
 def fd_result(request):
     """Reverse-mode meta-gradients (semi-gradient and stopped targets) and central differences."""
-    network, overrides = FD_CASES[request.param]
+    network, overrides, compare_stopped = FD_CASES[request.param]
     with jax.enable_x64(True):
         config = QConfig(num_inner_episodes=3, num_outer_episodes=3, horizon=4, gamma=0.9, temperature=0.7,
                          **overrides)
@@ -86,30 +93,38 @@ def fd_result(request):
         # "naive": the meta-loss value is the path term only (dice adds a zero-valued score term whose
         # gradient finite differences of the value cannot see; it is tested in test_estimators).
         mcfg = maml.MAMLConfig(inner_steps=3, inner_lr=0.5, estimator="naive")
-        meta_params = _random_like(jax.random.PRNGKey(3), maml.init_meta_params(jax.random.PRNGKey(0), learner, mcfg))
-        flat, unravel = jax.flatten_util.ravel_pytree(meta_params)
-        tasks = sample_tasks(ENV, jax.random.PRNGKey(1), 2)
-        key = jax.random.PRNGKey(2)
         eps = 1e-5
-        directions = jax.random.normal(jax.random.PRNGKey(4), (4, flat.shape[0]), jnp.float64)
-        points = jnp.concatenate([flat[None], flat + eps * directions, flat - eps * directions])
 
-        def loss_of(lrn):
-            return lambda x: maml.make_meta_loss(lrn, mcfg)(unravel(x), tasks, key)[0]
+        def everything():
+            """Parameters, tasks, directions, losses and gradients: one compiled call (no eager dispatch)."""
+            meta_params = _random_like(jax.random.PRNGKey(3),
+                                       maml.init_meta_params(jax.random.PRNGKey(0), learner, mcfg))
+            flat, unravel = jax.flatten_util.ravel_pytree(meta_params)
+            tasks = sample_tasks(ENV, jax.random.PRNGKey(1), 2)
+            directions = jax.random.normal(jax.random.PRNGKey(4), (4, flat.shape[0]), jnp.float64)
+            points = jnp.concatenate([flat[None], flat + eps * directions, flat - eps * directions])
 
-        def everything(points):
+            def loss_of(lrn):
+                return lambda x: maml.make_meta_loss(lrn, mcfg)(unravel(x), tasks, jax.random.PRNGKey(2))[0]
+
             values, grads = jax.vmap(jax.value_and_grad(loss_of(learner)))(points)
-            stop_value, stop_grad = jax.value_and_grad(loss_of(stopped))(points[0])
-            return values, grads[0], stop_value, stop_grad
+            if not compare_stopped:
+                return directions, values, grads[0], None, None
+            stop_value, stop_grad = jax.value_and_grad(loss_of(stopped))(flat)
+            return directions, values, grads[0], stop_value, stop_grad
 
-        values, grad, stop_value, stop_grad = _compile(everything, points)(points)
+        directions, values, grad, stop_value, stop_grad = _compile(everything)()
         n = directions.shape[0]
         fd = (values[1:1 + n] - values[1 + n:]) / (2 * eps)
-        return dict(name=request.param, fd=np.asarray(fd), analytic=np.asarray(directions @ grad),
-                    stopped=np.asarray(directions @ stop_grad), grad=np.asarray(grad),
-                    stop_grad=np.asarray(stop_grad), value=float(values[0]), stop_value=float(stop_value))
+        result = dict(name=request.param, fd=np.asarray(fd), analytic=np.asarray(directions @ grad),
+                      grad=np.asarray(grad), value=float(values[0]), compare_stopped=compare_stopped)
+        if compare_stopped:
+            result.update(stopped=np.asarray(directions @ stop_grad), stop_grad=np.asarray(stop_grad),
+                          stop_value=float(stop_value))
+        return result
 
 
+@pytest.mark.parametrize("fd_result", sorted(FD_CASES), indirect=True)
 def test_meta_gradient_through_three_td_steps_matches_finite_differences(fd_result):
     fd, analytic = fd_result["fd"], fd_result["analytic"]
     rel = np.max(np.abs(fd - analytic)) / np.max(np.abs(analytic))
@@ -117,6 +132,7 @@ def test_meta_gradient_through_three_td_steps_matches_finite_differences(fd_resu
     np.testing.assert_allclose(fd, analytic, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("fd_result", sorted(name for name, case in FD_CASES.items() if case[2]), indirect=True)
 def test_target_dependence_matters(fd_result):
     """Stopped targets: same loss value, a different meta-gradient that finite differences reject."""
     np.testing.assert_allclose(fd_result["stop_value"], fd_result["value"], rtol=1e-7)
@@ -144,76 +160,101 @@ def _tiny_traj(num_states=3):
 
 def test_targets_and_inner_step_follow_the_documented_formulas():
     traj = _tiny_traj()
-    table = jnp.array([[0.1, 0.4], [-0.2, 0.3], [0.5, -0.1]])
-    target_table = jnp.array([[1.0, -1.0], [0.0, 2.0], [3.0, 1.0]])
-    s, a, s2 = jnp.argmax(traj.obs, -1), traj.action, jnp.argmax(traj.next_obs, -1)
-    cont = 1.0 - traj.done
+    table = np.array([[0.1, 0.4], [-0.2, 0.3], [0.5, -0.1]], np.float32)
+    target_table = np.array([[1.0, -1.0], [0.0, 2.0], [3.0, 1.0]], np.float32)
 
     def learner(**kw):
         return QLearner(ENV, TabularQNetwork(3, 2), QConfig(gamma=0.9, **kw))
 
-    plain = learner()
-    params = {"online": {"q": table}}
-    y = traj.reward + 0.9 * cont * jnp.max(table[s2], -1)
-    np.testing.assert_allclose(plain.td_targets(params, traj), y, rtol=1e-6)
-    # Semi-gradient step: g[s, a] = -1/Z sum_{t: (s_t, a_t) = (s, a)} delta_t, Z = number of valid steps.
-    delta = y - table[s, a]
-    expected = -jnp.zeros_like(table).at[s.ravel(), a.ravel()].add(delta.ravel()) / 6.0
-    loss, grads = plain.inner_grad(params, traj)
-    np.testing.assert_allclose(grads["online"]["q"], expected, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(loss, 0.5 * jnp.mean(delta**2), rtol=1e-6)
-    np.testing.assert_allclose(jax.grad(plain.inner_loss)(params, traj)["online"]["q"], expected, rtol=1e-5, atol=1e-7)
-    # "episode" normalisation: Z = E.
-    _, grads_ep = learner(normalize="episode").inner_grad(params, traj)
-    np.testing.assert_allclose(grads_ep["online"]["q"], expected * 6.0 / 2.0, rtol=1e-5, atol=1e-7)
-
-    # Double Q: argmax by the online table, value by the target table.
-    both = {"online": {"q": table}, "target": {"q": target_table}}
-    double = learner(double_q=True)
-    a_star = jnp.argmax(table[s2], -1)
-    y_double = traj.reward + 0.9 * cont * jnp.take_along_axis(target_table[s2], a_star[..., None], -1)[..., 0]
-    np.testing.assert_allclose(double.td_targets(both, traj), y_double, rtol=1e-6)
-    frozen = learner(target="frozen")
-    np.testing.assert_allclose(frozen.td_targets(both, traj), traj.reward + 0.9 * cont * jnp.max(target_table[s2], -1),
-                               rtol=1e-6)
+    plain, double, frozen = learner(), learner(double_q=True), learner(target="frozen")
+    stopped, per_episode = learner(target="stop_gradient"), learner(normalize="episode")
     assert set(double.init(jax.random.PRNGKey(0))) == {"online", "target"}
     assert set(plain.init(jax.random.PRNGKey(0))) == {"online"}
 
-    # Which parameters the targets depend on (what the meta-gradient sees).
-    def dep(lrn, p):
-        jac = jax.jacobian(lambda q: lrn.td_targets(q, traj))(p)
-        return {name: float(jnp.max(jnp.abs(j["q"]))) for name, j in jac.items()}
+    @jax.jit
+    def library(table, target_table):
+        """Everything from the library in one compiled call (eager tiny ops are slow to dispatch)."""
+        params = {"online": {"q": table}}
+        both = {"online": {"q": table}, "target": {"q": target_table}}
 
-    assert dep(plain, params)["online"] > 0.0
-    assert dep(learner(target="stop_gradient"), params)["online"] == 0.0
-    assert dep(frozen, both) == {"online": 0.0, "target": 0.0}
-    d = dep(double, both)
-    assert d["online"] == 0.0 and d["target"] > 0.0
+        def dependence(lrn, p):  # max |d y / d leaf| per leaf: what the meta-gradient sees of the targets
+            jac = jax.jacobian(lambda q: lrn.td_targets(q, traj))(p)
+            return {name: jnp.max(jnp.abs(j["q"])) for name, j in jac.items()}
+
+        loss, grads = plain.inner_grad(params, traj)
+        return dict(
+            y=plain.td_targets(params, traj), loss=loss, grad=grads["online"]["q"],
+            loss_grad=jax.grad(plain.inner_loss)(params, traj)["online"]["q"],
+            grad_episode=per_episode.inner_grad(params, traj)[1]["online"]["q"],
+            y_double=double.td_targets(both, traj), y_frozen=frozen.td_targets(both, traj),
+            grad_double_target=double.inner_grad(both, traj)[1]["target"]["q"],
+            dep_plain=dependence(plain, params), dep_stopped=dependence(stopped, params),
+            dep_frozen=dependence(frozen, both), dep_double=dependence(double, both),
+        )
+
+    got = jax.tree.map(np.asarray, library(table, target_table))
+    s, a = np.argmax(traj.obs, -1), np.asarray(traj.action)
+    s2, r, cont = np.argmax(traj.next_obs, -1), np.asarray(traj.reward), 1.0 - np.asarray(traj.done)
+    # y = r + gamma (1 - d) max_a' Q(s', a')
+    y = r + 0.9 * cont * table[s2].max(-1)
+    np.testing.assert_allclose(got["y"], y, rtol=1e-6)
+    # Semi-gradient step: g[s, a] = -1/Z sum_{t: (s_t, a_t) = (s, a)} delta_t, Z = 6 valid steps.
+    delta = y - table[s, a]
+    expected = np.zeros_like(table)
+    np.add.at(expected, (s.ravel(), a.ravel()), -delta.ravel() / 6.0)
+    np.testing.assert_allclose(got["grad"], expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got["loss"], 0.5 * np.mean(delta**2), rtol=1e-6)
+    np.testing.assert_allclose(got["loss_grad"], expected, rtol=1e-5, atol=1e-7)  # same first-order step
+    np.testing.assert_allclose(got["grad_episode"], expected * 6.0 / 2.0, rtol=1e-5, atol=1e-7)  # Z = E = 2
+    # Double Q: argmax by the online table, value by the target table; frozen: max of the target table.
+    a_star = table[s2].argmax(-1)
+    np.testing.assert_allclose(got["y_double"], r + 0.9 * cont * target_table[s2, a_star], rtol=1e-6)
+    np.testing.assert_allclose(got["y_frozen"], r + 0.9 * cont * target_table[s2].max(-1), rtol=1e-6)
+    # Which parameters the targets depend on.
+    assert got["dep_plain"]["online"] > 0.0
+    assert got["dep_stopped"]["online"] == 0.0
+    assert got["dep_frozen"]["online"] == 0.0 and got["dep_frozen"]["target"] == 0.0
+    assert got["dep_double"]["online"] == 0.0 and got["dep_double"]["target"] > 0.0
     # The inner gradient of the target leaf is zero: the inner steps never move it.
-    _, g = double.inner_grad(both, traj)
-    assert float(jnp.max(jnp.abs(g["target"]["q"]))) == 0.0
+    assert np.max(np.abs(got["grad_double_target"])) == 0.0
 
 
 def test_behaviour_policies_and_log_prob_of_data():
     traj = _tiny_traj()
-    params = {"online": {"q": jnp.array([[0.1, 0.4], [-0.2, 0.3], [0.5, -0.1]])}}
+    table = np.array([[0.1, 0.4], [-0.2, 0.3], [0.5, -0.1]], np.float32)
+    kinds = ("boltzmann", "epsilon_greedy", "uniform")
+    learners = {k: QLearner(ENV, TabularQNetwork(3, 2), QConfig(behaviour=k, epsilon=0.2, temperature=0.5))
+                for k in kinds}
 
-    def lp(behaviour):
-        lrn = QLearner(ENV, TabularQNetwork(3, 2), QConfig(behaviour=behaviour, temperature=0.5))
-        return lrn.log_prob_of_data(params, traj), jax.grad(lrn.log_prob_of_data)(params, traj)
+    @jax.jit
+    def library(table):
+        params = {"online": {"q": table}}
+        out = {}
+        for kind, lrn in learners.items():
+            policy = lrn.behaviour_policy
+            samples = policy.sample(jax.random.PRNGKey(5), params["online"], jnp.broadcast_to(jnp.eye(3), (20_000, 3, 3)))
+            out[kind] = dict(
+                value=lrn.log_prob_of_data(params, traj),
+                grad=jax.grad(lrn.log_prob_of_data)(params, traj)["online"]["q"],
+                probs=policy.probs(params["online"], jnp.eye(3)),
+                freq=jnp.mean(jax.nn.one_hot(samples, 2), axis=0),
+            )
+        return out
 
-    value, grad = lp("boltzmann")
-    q = params["online"]["q"][jnp.argmax(traj.obs, -1)]
-    expected = jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(q / 0.5, -1), traj.action[..., None], -1))
-    np.testing.assert_allclose(value, expected, rtol=1e-6)
-    assert float(jnp.max(jnp.abs(grad["online"]["q"]))) > 0.0
-    for behaviour in ("epsilon_greedy", "uniform"):
-        value, grad = lp(behaviour)
-        assert float(value) == 0.0 and float(jnp.max(jnp.abs(grad["online"]["q"]))) == 0.0
-    # Epsilon-greedy probabilities.
-    policy = QPolicy(TabularQNetwork(3, 2), "epsilon_greedy", epsilon=0.2)
-    np.testing.assert_allclose(policy.probs(params["online"], jnp.eye(3)), [[0.1, 0.9], [0.1, 0.9], [0.9, 0.1]],
-                               rtol=1e-6)
+    got = jax.tree.map(np.asarray, library(table))
+    q = table[np.argmax(traj.obs, -1)] / 0.5
+    log_softmax = q - np.log(np.exp(q).sum(-1, keepdims=True))
+    expected = np.take_along_axis(log_softmax, np.asarray(traj.action)[..., None], -1).sum()
+    np.testing.assert_allclose(got["boltzmann"]["value"], expected, rtol=1e-6)
+    assert np.max(np.abs(got["boltzmann"]["grad"])) > 0.0
+    for kind in ("epsilon_greedy", "uniform"):  # the data density is not differentiated
+        assert got[kind]["value"] == 0.0 and np.max(np.abs(got[kind]["grad"])) == 0.0
+    np.testing.assert_allclose(got["epsilon_greedy"]["probs"], [[0.1, 0.9], [0.1, 0.9], [0.9, 0.1]], rtol=1e-6)
+    np.testing.assert_allclose(got["uniform"]["probs"], np.full((3, 2), 0.5), rtol=1e-6)
+    np.testing.assert_allclose(got["boltzmann"]["probs"], np.exp(table / 0.5) / np.exp(table / 0.5).sum(-1, keepdims=True),
+                               rtol=1e-5)
+    for kind in kinds:  # sampling follows the documented probabilities
+        np.testing.assert_allclose(got[kind]["freq"], got[kind]["probs"], atol=0.015)
 
 
 def test_tie_target_network_keeps_target_equal_to_online():
@@ -271,7 +312,7 @@ def test_expected_td_updates_converge_to_q_star(mdp_and_q_star):
         return maml.sgd_inner_update(params, grads, lr), None
 
     params = {"online": {"q": jnp.zeros((S, A))}}
-    params, _ = jax.jit(lambda p: jax.lax.scan(step, p, None, length=400))(params)
+    params, _ = _compile(lambda p: jax.lax.scan(step, p, None, length=400), params)(params)
     err = float(jnp.max(jnp.abs(params["online"]["q"] - q_star)))
     print(f"expected updates: max |Q - Q*| = {err:.2e} (|Q*|max = {float(jnp.max(jnp.abs(q_star))):.2f})")
     assert err < 1e-4
@@ -298,7 +339,7 @@ def test_sampled_q_learning_converges_to_q_star(mdp_and_q_star):
 
     inputs = (jax.random.split(jax.random.PRNGKey(12), steps), jnp.arange(steps, dtype=jnp.float32))
     params = {"online": {"q": jnp.zeros((S, A))}}
-    params, _ = jax.jit(lambda p, x: jax.lax.scan(step, p, x))(params, inputs)
+    params, _ = _compile(lambda p, x: jax.lax.scan(step, p, x), params, inputs)(params, inputs)
     err = float(jnp.max(jnp.abs(params["online"]["q"] - q_star)))
     print(f"sampled updates: max |Q - Q*| = {err:.3f}")
     assert err < 0.1
@@ -308,28 +349,32 @@ def test_sampled_q_learning_converges_to_q_star(mdp_and_q_star):
 
 
 def test_meta_training_improves_post_adaptation_return():
-    """Maze 3x3 (goal one of 8 cells): tabular Q, Boltzmann behaviour, return outer, DiCE."""
+    """Maze 3x3 (goal one of 8 cells): tabular Q from N(0, 0.1^2), Boltzmann behaviour, return outer, DiCE.
+
+    100 meta-iterations of 16 tasks; both parameter sets are evaluated on the same 64 held-out tasks.
+    """
     env = make_family("maze", size=3, horizon=10)
-    learner = QLearner(env, TabularQNetwork(env.num_cells, 4),
+    learner = QLearner(env, TabularQNetwork(env.num_cells, 4, init_std=0.1),
                        QConfig(num_inner_episodes=10, num_outer_episodes=10, horizon=10, gamma=0.9,
                                behaviour="boltzmann", outer="return", normalize="episode"))
     mcfg = maml.MAMLConfig(inner_steps=1, inner_lr=1.0, estimator="dice")
     optimizer = optax.adam(0.1)
     train_step = maml.make_meta_train_step(learner, mcfg, optimizer, lambda k: sample_tasks(env, k, 16))
-    state0 = maml.init_train_state(jax.random.PRNGKey(0), learner, mcfg, optimizer)
-    held_out = sample_tasks(env, jax.random.PRNGKey(99), 64)
 
-    def train_and_evaluate(state):
+    def train_and_evaluate():
+        state = maml.init_train_state(jax.random.PRNGKey(0), learner, mcfg, optimizer)
+        held_out = sample_tasks(env, jax.random.PRNGKey(99), 64)
         final, _ = jax.lax.scan(lambda s, _: train_step(s), state, None, length=100)
+        both = jax.tree.map(lambda a, b: jnp.stack([a, b]), state.meta_params, final.meta_params)
         evaluate = lambda mp: maml.meta_loss(learner, mcfg, mp, held_out, jax.random.PRNGKey(7))[1]
-        before, after = evaluate(state.meta_params), evaluate(final.meta_params)
-        return before, after
+        return jax.vmap(evaluate)(both)  # one compiled copy of the evaluation for both parameter sets
 
-    before, after = jax.jit(train_and_evaluate)(state0)
+    metrics = _compile(train_and_evaluate)()
+    before, after = (jax.tree.map(lambda x: x[i], metrics) for i in (0, 1))
     pre0, post0 = float(before["pre_adaptation_return"]), float(before["post_adaptation_return"])
     pre1, post1 = float(after["pre_adaptation_return"]), float(after["post_adaptation_return"])
     print(f"post-adaptation return {post0:.2f} -> {post1:.2f} (pre-adaptation {pre0:.2f} -> {pre1:.2f})")
-    assert post1 > 2.0 * post0 and post1 > post0 + 1.0
+    assert post1 > 1.8 * post0 and post1 > post0 + 1.0
     assert post1 > pre1 + 1.0  # the adaptation itself pays
 
 

@@ -21,7 +21,8 @@ class TabularMDPConfig(MAMLExperimentConfig):
     horizon: int = 10
     gamma: float = 1.0
     baseline: str = "linear"
-    inner_lr: float = 0.1
+    normalize: str = "episode"
+    inner_lr: float = 0.3
     learn_inner_lr: bool = True
     estimator: str = "lvc"
     outer_lr: float = 3e-2

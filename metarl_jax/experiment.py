@@ -62,6 +62,23 @@ class MAMLExperimentConfig:
     init_log_std: float = -0.7
     """initial log standard deviation of Gaussian policies"""
     task_chunk: int | None = None
+    gae_lambda: float = 0.95
+    """actor-critic: GAE lambda"""
+    value_coef: float = 0.5
+    """actor-critic: weight of the value loss in the inner loss"""
+    entropy_coef: float = 0.0
+    """actor-critic: weight of the entropy bonus"""
+    architecture: str = "separate"
+    """actor-critic: 'separate' networks or a 'shared' torso"""
+    behaviour: str = "boltzmann"
+    """Q-learning: behaviour policy ('epsilon_greedy', 'boltzmann', 'uniform')"""
+    epsilon: float = 0.1
+    temperature: float = 1.0
+    double_q: bool = False
+    q_outer: str = "td"
+    """Q-learning: outer objective ('td' loss of the adapted Q, or 'return' of its Boltzmann policy)"""
+    maze_size: int = 5
+    """maze: side length of the open grid"""
     eval_tasks: int = 100
     """held-out tasks for the adaptation curve"""
     eval_steps: int = 3
@@ -83,6 +100,10 @@ class MAMLExperimentConfig:
         _require(int(self.num_episodes) >= 1, "num_episodes", self.num_episodes, "must be an integer >= 1")
         # Building the sub-configs validates every remaining field with its own message.
         self.pg_config()
+        if self.learner == "ac":
+            self.ac_config()
+        if self.learner == "q":
+            self.q_config()
         self.maml_config()
         self.train_config()
 
@@ -90,6 +111,23 @@ class MAMLExperimentConfig:
         return PGConfig(num_inner_episodes=self.num_episodes, num_outer_episodes=self.num_episodes,
                         horizon=self.horizon, gamma=self.gamma, baseline=self.baseline,
                         standardize_advantages=self.standardize_advantages, normalize=self.normalize)
+
+    def ac_config(self):
+        from metarl_jax.actor_critic import ACConfig
+
+        return ACConfig(num_inner_episodes=self.num_episodes, num_outer_episodes=self.num_episodes,
+                        horizon=self.horizon, gamma=self.gamma, gae_lambda=self.gae_lambda,
+                        value_coef=self.value_coef, entropy_coef=self.entropy_coef,
+                        standardize_advantages=self.standardize_advantages, architecture=self.architecture,
+                        normalize=self.normalize)
+
+    def q_config(self):
+        from metarl_jax.q_learning import QConfig
+
+        return QConfig(num_inner_episodes=self.num_episodes, num_outer_episodes=self.num_episodes,
+                       horizon=self.horizon, gamma=self.gamma, behaviour=self.behaviour, epsilon=self.epsilon,
+                       temperature=self.temperature, double_q=self.double_q, outer=self.q_outer,
+                       normalize=self.normalize)
 
     def maml_config(self) -> MAMLConfig:
         return MAMLConfig(inner_steps=self.inner_steps, inner_lr=self.inner_lr, learn_inner_lr=self.learn_inner_lr,
@@ -111,13 +149,32 @@ def _build_pg(config: MAMLExperimentConfig, family):
     return PolicyGradientLearner(family, policy, config.pg_config())
 
 
+def _build_ac(config: MAMLExperimentConfig, family):
+    from metarl_jax.actor_critic import ActorCriticLearner
+
+    kwargs = {}
+    space = family.action_space(family.default_params)
+    if hasattr(space, "shape") and len(space.shape) == 1:
+        kwargs["init_log_std"] = config.init_log_std
+    policy = make_policy_for(family, hidden_sizes=config.hidden_sizes, **kwargs)
+    return ActorCriticLearner(family, policy, config.ac_config(), critic_hidden_sizes=config.hidden_sizes)
+
+
+def _build_q(config: MAMLExperimentConfig, family):
+    from metarl_jax.q_learning import QLearner, q_network_for
+
+    network = q_network_for(family, hidden_sizes=config.hidden_sizes, tabular=config.tabular_policy)
+    return QLearner(family, network, config.q_config())
+
+
 #: Inner learners by name: ``builder(config, family) -> learner``.
-LEARNERS: dict[str, Callable[[MAMLExperimentConfig, Any], Any]] = {"pg": _build_pg}
+LEARNERS: dict[str, Callable[[MAMLExperimentConfig, Any], Any]] = {"pg": _build_pg, "ac": _build_ac, "q": _build_q}
 
 
 def build(config: MAMLExperimentConfig):
     """``(family, learner, maml_config, train_config)`` for an experiment config."""
-    family = make_family(config.task, horizon=config.horizon)
+    kwargs = {"size": config.maze_size} if config.task == "maze" else {}
+    family = make_family(config.task, horizon=config.horizon, **kwargs)
     learner = LEARNERS[config.learner](config, family)
     return family, learner, config.maml_config(), config.train_config()
 
@@ -196,7 +253,7 @@ def navigation_paths(family, learner, maml_config, meta_params, seed: int, num_t
     key_tasks, key_adapt = jax.random.split(jax.random.PRNGKey(seed + 2_000_003))
     tasks = sample_tasks(family, key_tasks, num_tasks)
     phis = evaluation.adapted_params(learner, maml_config, meta_params, tasks, key_adapt, 1)
-    mode = evaluation.ModePolicy(learner.policy)
+    mode = evaluation.ModePolicy(getattr(learner, "model", None) or learner.policy)
     path = lambda params, task: rollout(jax.random.PRNGKey(0), family, mode, params, task, 1,
                                         learner.config.horizon).next_obs[0]
     pre = jax.vmap(path, in_axes=(None, 0))(meta_params["policy"], tasks)
@@ -222,7 +279,7 @@ def run(config: MAMLExperimentConfig, progress: bool = True) -> dict:
                                  title=f"{config.name}: {config.task}, {config.learner}, {config.estimator}")
     optimum = result.get("optimum", {}).get("mean")
     plotting.plot_adaptation_curves(result["curves"], os.path.join(run_dir, "adaptation_curve.png"), optimum)
-    if config.task == "navigation":
+    if config.task == "navigation" and config.learner in ("pg", "ac"):
         goals, pre, post = navigation_paths(family, learner, maml_config, state.meta_params, config.seed)
         plotting.plot_navigation_paths(goals, pre, post, os.path.join(run_dir, "paths.png"), family.goal_range)
     write_json(os.path.join(run_dir, "summary.json"), result)

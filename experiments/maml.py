@@ -1,0 +1,12 @@
+"""Generic MAML experiment: any inner learner on any task family.
+
+    python -m experiments.maml --learner pg --task navigation
+    python -m experiments.maml --learner ac --task cartpole --horizon 200
+    python -m experiments.maml --learner q --task maze --tabular-policy --horizon 20
+    python -m experiments.maml --help
+"""
+
+from metarl_jax.experiment import MAMLExperimentConfig, cli_main
+
+if __name__ == "__main__":
+    cli_main(MAMLExperimentConfig, description=__doc__)

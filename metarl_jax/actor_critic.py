@@ -50,8 +50,7 @@ second derivative lacks the dependence above).
 Outer objective
 ---------------
 The adapted actor is scored on fresh data ``tau' ~ pi_{phi'_a}``; the
-meta-objective is ``J = E[sum_t gamma^t r'_t]`` (``objective_estimate`` is its
-batch mean) and
+meta-objective is ``J = E[sum_t gamma^t r'_t]`` and
 
     outer_loss(phi', tau') = - S(log pi_{phi'_a}, stop(A'))  +  c_o * 1/2 mean_t (V_{phi'_c}(s'_t) - stop(y'_t))^2 .
 
@@ -67,6 +66,13 @@ the reward-to-go ``G_t``. The auxiliary critic term (``c_o = outer_critic_coef``
 is differentiated along the adaptation path only: DiCE's score term weighs the
 return estimate, so with ``c_o > 0`` the meta-gradient is that of ``J`` plus the
 path derivative of the adapted critic's regression loss.
+
+``objective_estimate`` is the batch mean of the discounted return times ``c``,
+the scale of the outer surrogate's gradient (``c * grad J``: 1, or ``E / #steps``
+for ``normalize="step"``, divided by the raw outer advantages' standard deviation
+when they are standardised), so that DiCE's score term and the path term are
+weighed alike; ``collect_outer`` attaches ``c`` to the data
+(:class:`OuterTrajectory`) because with a critic baseline it needs the adapted critic.
 
 All estimators of :mod:`metarl_jax.maml` apply unchanged: ``"dice"`` adds the
 score of the inner actor log-probs, ``"lvc"`` uses the LVC actor surrogate in the
@@ -84,6 +90,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from metarl_jax import losses
 from metarl_jax.learners import NORMALIZATIONS, _require
@@ -357,6 +364,14 @@ class SharedActorCritic:
 # ----------------------------------------------------------------------------- learner
 
 
+@struct.dataclass
+class OuterTrajectory(Trajectory):
+    """A :class:`Trajectory` of outer data plus the scale ``c`` of the outer surrogate's gradient (scalar)."""
+
+    surrogate_scale: jax.Array
+
+
+
 @dataclasses.dataclass(frozen=True)
 class ActorCriticLearner:
     """Actor-critic inner learner for :mod:`metarl_jax.maml` (interface of :mod:`metarl_jax.learners`).
@@ -409,9 +424,13 @@ class ActorCriticLearner:
         cfg = self.config
         return rollout(key, self.env, self.model, params, task, cfg.num_inner_episodes, cfg.horizon)
 
-    def collect_outer(self, key: jax.Array, params, task) -> Trajectory:
+    def collect_outer(self, key: jax.Array, params, task) -> "OuterTrajectory":
+        """Outer data, with the outer surrogate's scale ``c`` (see :meth:`objective_estimate`) attached."""
         cfg = self.config
-        return rollout(key, self.env, self.model, params, task, cfg.num_outer_episodes, cfg.horizon)
+        traj = rollout(key, self.env, self.model, params, task, cfg.num_outer_episodes, cfg.horizon)
+        scale = self.outer_surrogate_scale(jax.lax.stop_gradient(params), traj)
+        return OuterTrajectory(**{f.name: getattr(traj, f.name) for f in dataclasses.fields(traj)},
+                               surrogate_scale=scale)
 
     # --- building blocks
 
@@ -491,13 +510,32 @@ class ActorCriticLearner:
 
     # --- outer objective
 
+    def outer_advantages_and_targets(self, params, traj: Trajectory) -> tuple[jax.Array, jax.Array]:
+        """Raw outer advantages ``A'`` (critic GAE or reward-to-go) and critic targets ``y'``: ``[E, T]``, constants."""
+        cfg = self.config
+        adv, targets = jax.lax.stop_gradient(self.advantages_and_targets(params, traj, cfg.outer_gae_lambda))
+        if cfg.outer_baseline == "none":
+            adv = losses.discounted_returns(traj.reward, traj.mask, cfg.gamma) * traj.mask
+        return adv, targets
+
+    def outer_surrogate_scale(self, params, traj: Trajectory) -> jax.Array:
+        """``c``: the outer surrogate's gradient estimates ``c * grad J``.
+
+        ``c`` = the normalisation (1, or ``E / #steps`` for ``"step"``) divided by the
+        standard deviation of the raw outer advantages when they are standardised.
+        """
+        c = self._scale(traj)
+        if self.config.standardize_advantages:
+            adv, _ = self.outer_advantages_and_targets(params, traj)
+            mean = losses.masked_mean(adv, traj.mask)
+            c = c / (jnp.sqrt(losses.masked_mean(jnp.square(adv - mean), traj.mask)) + 1e-8)
+        return jax.lax.stop_gradient(c)
+
     def outer_loss(self, params, traj: Trajectory) -> jax.Array:
         """``-S(log pi, stop(A')) + c_o * 1/2 mean (V - stop(y'))^2`` on the outer batch."""
         cfg = self.config
         logp = self.log_probs(params, traj)
-        adv, targets = jax.lax.stop_gradient(self.advantages_and_targets(params, traj, cfg.outer_gae_lambda))
-        if cfg.outer_baseline == "none":
-            adv = losses.discounted_returns(traj.reward, traj.mask, cfg.gamma) * traj.mask
+        adv, targets = self.outer_advantages_and_targets(params, traj)
         actor = -losses.policy_gradient_surrogate(logp, self._actor_advantages(adv, traj.mask), traj.mask)
         loss = actor * self._scale(traj)
         if cfg.outer_critic_coef > 0.0:
@@ -506,7 +544,16 @@ class ActorCriticLearner:
         return loss
 
     def objective_estimate(self, traj: Trajectory) -> jax.Array:
-        return jnp.mean(traj.episode_returns(self.config.gamma))
+        """Mean discounted return times ``c``, the scale of the outer surrogate's gradient.
+
+        DiCE's score term ``(V_hat - b) grad log p(tau)`` must carry the same ``c`` as
+        the path term ``c * grad J`` or the two parts of the meta-gradient would be
+        weighed inconsistently (as in ``PolicyGradientLearner``). ``c`` comes with the
+        data of :meth:`collect_outer` (it needs the adapted critic); on a plain
+        :class:`Trajectory` only the data-dependent normalisation is applied.
+        """
+        scale = traj.surrogate_scale if isinstance(traj, OuterTrajectory) else self._scale(traj)
+        return jax.lax.stop_gradient(jnp.mean(traj.episode_returns(self.config.gamma)) * scale)
 
     def mean_return(self, traj: Trajectory) -> jax.Array:
         return jnp.mean(traj.episode_returns(1.0))

@@ -60,7 +60,8 @@ critic; with the default ``outer_gae_lambda = 1`` and no bootstrap,
 the state and on the *inner* samples only, never on the outer actions, so
 ``E[grad log pi(a'_t | s'_t) V(s'_t)] = 0`` and the outer surrogate stays an
 unbiased estimate of ``grad_{phi'_a} J``; with DiCE (:mod:`metarl_jax.maml`) the
-whole meta-gradient of ``J`` is unbiased. ``outer_gae_lambda < 1`` trades that
+whole meta-gradient of ``J`` is unbiased (without ``standardize_advantages``, which
+rescales by a batch statistic, as in ``PolicyGradientLearner``). ``outer_gae_lambda < 1`` trades that
 for lower variance (the usual actor-critic bias). ``outer_baseline="none"`` uses
 the reward-to-go ``G_t``. The auxiliary critic term (``c_o = outer_critic_coef``)
 is differentiated along the adaptation path only: DiCE's score term weighs the
@@ -90,6 +91,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from metarl_jax import losses
@@ -183,7 +185,7 @@ class ACConfig:
                  f"allowed values are {OUTER_BASELINES}")
         for name in ("standardize_advantages", "bootstrap_at_horizon"):
             value = getattr(self, name)
-            _require(isinstance(value, bool), name, value, "must be a bool")
+            _require(isinstance(value, (bool, np.bool_)), name, value, "must be a bool")
 
     @property
     def critic_scale(self) -> float:

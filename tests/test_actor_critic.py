@@ -121,7 +121,8 @@ def fd_result(request):
 
         def setup():  # one compiled program instead of dozens of eager ops
             meta_params = _random_init(jax.random.PRNGKey(3), init_meta_params(jax.random.PRNGKey(0), learner, FD_MAML))
-            return jax.tree.map(lambda x: x.astype(jnp.float64), meta_params), sample_tasks(MDP, jax.random.PRNGKey(1), 2)
+            meta_params = jax.tree.map(lambda x: x.astype(jnp.float64), meta_params)
+            return meta_params, sample_tasks(MDP, jax.random.PRNGKey(1), 2)
 
         meta_params, tasks = fast_jit(setup)()
         key = jax.random.PRNGKey(2)
@@ -182,7 +183,8 @@ def test_critic_meta_gradient_needs_the_dependence_of_the_advantages_on_the_crit
     # ... which the stop_gradient version gets wrong along the critic-only directions.
     critic = slice(NUM_DIRECTIONS // 2, None)
     gap = np.abs(stopped[critic] - analytic[critic])
-    print(f"\n{fd_result['architecture']}: critic directions: right {analytic[critic]}, stop_gradient {stopped[critic]}")
+    print(f"\n{fd_result['architecture']}: critic directions: right {analytic[critic]}, "
+          f"stop_gradient {stopped[critic]}")
     assert gap.max() > 0.1 * np.abs(analytic[critic]).max(), (analytic[critic], stopped[critic])
     # Finite differences side with the hook, not with the stop_gradient version.
     assert np.abs(fd_result["fd"] - stopped).max() > 1e3 * np.abs(fd_result["fd"] - analytic).max()

@@ -157,3 +157,35 @@ class PolicyGradientLearner:
 
     def mean_return(self, traj: Trajectory) -> jax.Array:
         return jnp.mean(traj.episode_returns(1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class CustomLossLearner:
+    """A learner with its inner and/or outer loss replaced by your own pure function.
+
+    ``inner(base, params, data, estimator) -> scalar`` and ``outer(base, params, data) -> scalar``
+    receive the wrapped learner ``base`` so they can reuse its pieces (``base.log_probs``,
+    ``base.advantages``, ``base.policy``...). Everything else (data collection, the DiCE score
+    term, metrics) is the base learner's. MAML differentiates through the new inner loss to any
+    order like through the built-in ones. See ``docs/losses.md``.
+    """
+
+    base: object
+    inner: object = None
+    outer: object = None
+
+    def __getattr__(self, name):
+        if name == "inner_grad" and self.inner is not None:
+            # A base learner's hand-written inner gradient does not know the new loss.
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def inner_loss(self, params, data, estimator: str = "dice"):
+        if self.inner is None:
+            return self.base.inner_loss(params, data, estimator)
+        return self.inner(self.base, params, data, estimator)
+
+    def outer_loss(self, params, data):
+        if self.outer is None:
+            return self.base.outer_loss(params, data)
+        return self.outer(self.base, params, data)

@@ -63,6 +63,9 @@ class MAMLConfig:
         at once; an integer ``c`` runs ``lax.map`` over chunks of ``c`` vmapped tasks.
         On a CPU, chunks whose activations fit in cache are much faster than one
         huge batch; on a GPU, vmap everything.
+      remat: rematerialise each inner step in the backward pass (``jax.checkpoint``):
+        memory of the K-step adaptation stops growing with K's activations, at the
+        price of recomputing each inner step's forward pass. Results are identical.
     """
 
     inner_steps: int = 1
@@ -71,6 +74,7 @@ class MAMLConfig:
     estimator: str = "dice"
     score_baseline: str = "leave_one_out"
     task_chunk: int | None = None
+    remat: bool = False
 
     def __post_init__(self):
         _require(int(self.inner_steps) >= 1, "inner_steps", self.inner_steps, "must be an integer >= 1")
@@ -160,6 +164,8 @@ def adapt(
             log_prob_sum = log_prob_sum + learner.log_prob_of_data(phi, data)
         return (new_phi, opt_state, log_prob_sum), (learner.mean_return(data), loss)
 
+    if config.remat:
+        inner_step = jax.checkpoint(inner_step)
     keys = jax.random.split(key, config.inner_steps)
     (phi, _, log_prob_sum), (returns, inner_losses) = jax.lax.scan(
         inner_step, (theta, opt_state, jnp.zeros((), jax.tree.leaves(theta)[0].dtype)), keys

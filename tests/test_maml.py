@@ -122,3 +122,14 @@ def test_config_validation_names_the_field():
         PGConfig(horizon=0)
     with pytest.raises(ValueError, match="baseline='value'"):
         PGConfig(baseline="value")
+
+
+def test_remat_gives_identical_meta_gradients():
+    base = MAMLConfig(inner_steps=2, inner_lr=0.5, estimator="dice")
+    remat = MAMLConfig(inner_steps=2, inner_lr=0.5, estimator="dice", remat=True)
+    meta_params = _random_init(jax.random.PRNGKey(3), init_meta_params(jax.random.PRNGKey(0), LEARNER, base))
+    tasks = sample_tasks(ENV, jax.random.PRNGKey(1), 2)
+    _, g1, _ = jax.jit(make_meta_gradient(LEARNER, base))(meta_params, tasks, jax.random.PRNGKey(9))
+    _, g2, _ = jax.jit(make_meta_gradient(LEARNER, remat))(meta_params, tasks, jax.random.PRNGKey(9))
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

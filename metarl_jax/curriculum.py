@@ -1,0 +1,311 @@
+"""Meta-training with task selection: uniform or prioritised draws from a fixed task pool.
+
+:mod:`metarl_jax.task_selection` holds the pure sampler; this module puts it
+*inside* the jitted meta-iteration. The training state carries the sampler
+state ``s`` and a fixed pool of ``P`` tasks (one batched ``EnvParams``) with
+their exact optimal returns ``R*_i`` (zeros for families without an exact
+solver). One meta-iteration, a pure function ``state -> (state, metrics)``:
+
+    idx      ~ sample_indices(s, key)                      [B] int32 pool indices
+    tasks    = pool[idx]                                   B tasks
+    g, m     = meta_gradient(theta, tasks, key')           m["per_task_post_adaptation_return"] = R_post [B]
+    score_b  = R*_{idx_b} - R_post_b        ("optimality_gap")
+             | -R_post_b                    ("negative_return")
+             | R_post_b  (the raw metric; the sampler keeps |R_post - previous R_post|)   ("learning_progress")
+    s        = update_scores(s, idx, score)
+    theta    = theta + optax_update(g)
+
+Everything above is traced once and compiled as one XLA program (a
+``lax.scan`` of ``iterations_per_call`` of them); nothing syncs with the host.
+``R_post`` is the mean undiscounted return of the adapted policy on the outer
+batch, a Monte-Carlo estimate: scores are noisy, which PLR's rank
+prioritisation tolerates (only the order matters).
+
+:func:`meta_train_with_selection` is the loop around it, with the same
+``metrics.jsonl`` / checkpoint / resume behaviour as :func:`metarl_jax.train.meta_train`;
+the checkpoint holds the whole :class:`SelectionTrainState` (parameters,
+optimizer state, PRNG key, step, sampler state, pool and pool optima), so a
+resumed run reproduces an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from metarl_jax import checkpoint as ckpt
+from metarl_jax import train as train_lib
+from metarl_jax.maml import MAMLConfig, MetaTrainState, init_train_state, make_meta_train_step
+from metarl_jax.task_selection import (
+    SamplerState,
+    TaskSelectionConfig,
+    gather_tasks,
+    init_sampler,
+    negative_return,
+    optimality_gap,
+    sample_indices,
+    task_pool,
+    update_scores,
+)
+from metarl_jax.tasks.base import num_tasks_in
+
+#: ``fold_in`` stream of the training seed that draws the task pool.
+POOL_STREAM = 0x7A5C
+
+
+class SelectionTrainState(NamedTuple):
+    """A meta-training run with task selection (a pytree; checkpointed whole).
+
+    Attributes:
+      meta_params, opt_state, key, step: as in :class:`metarl_jax.maml.MetaTrainState`.
+      sampler: the :class:`~metarl_jax.task_selection.SamplerState` over the pool.
+      pool: the ``P`` training tasks, an ``EnvParams`` pytree with leading axis ``[P]``.
+      pool_optimum: ``[P]`` float32 exact optimal returns ``R*_i`` (zeros if the family has none).
+    """
+
+    meta_params: Any
+    opt_state: Any
+    key: jax.Array
+    step: jax.Array
+    sampler: SamplerState
+    pool: Any
+    pool_optimum: jax.Array
+
+
+def default_score(family) -> str:
+    """``"optimality_gap"`` for families with an exact optimum, ``"negative_return"`` otherwise."""
+    return "optimality_gap" if getattr(family, "has_optimum", False) else "negative_return"
+
+
+def check_score(selection_config: TaskSelectionConfig, family) -> None:
+    """Raise a ``ValueError`` naming ``score`` if the score cannot be computed for ``family``."""
+    score = selection_config.score
+    if score == "optimality_gap" and not getattr(family, "has_optimum", False):
+        raise ValueError(
+            f"score={score!r} is invalid for {type(family).__name__}: the family has no exact optimum; "
+            "use 'negative_return' or 'learning_progress'"
+        )
+    if score == "td_error":
+        raise ValueError(
+            f"score={score!r} is invalid for meta-training: the meta-gradient reports returns, not TD errors; "
+            "use 'optimality_gap', 'negative_return' or 'learning_progress'"
+        )
+
+
+def selection_scores(selection_config: TaskSelectionConfig, post_returns: jax.Array,
+                     optimal_returns: jax.Array) -> jax.Array:
+    """What :func:`~metarl_jax.task_selection.update_scores` is fed for a batch: ``[B], [B] -> [B]``.
+
+    ``optimality_gap``: ``R* - R_post``; ``negative_return``: ``-R_post``;
+    ``learning_progress``: ``R_post`` itself (the sampler turns it into ``|R_post - previous|``).
+    """
+    chex.assert_rank(post_returns, 1)
+    chex.assert_equal_shape([post_returns, optimal_returns])
+    score = selection_config.score
+    if score == "optimality_gap":
+        return optimality_gap(optimal_returns, post_returns)
+    if score == "negative_return":
+        return negative_return(post_returns)
+    if score == "learning_progress":
+        return post_returns
+    raise ValueError(f"score={score!r} is invalid for meta-training")
+
+
+def _horizon(learner) -> int:
+    return int(learner.config.horizon)
+
+
+def pool_optimal_returns(family, pool, horizon: int) -> jax.Array:
+    """``[P]`` exact optimal returns of the pool's tasks (zeros when the family has no solver)."""
+    p = num_tasks_in(pool)
+    if not getattr(family, "has_optimum", False):
+        return jnp.zeros((p,), jnp.float32)
+    return jax.vmap(lambda t: family.optimal_return(t, horizon))(pool).astype(jnp.float32)
+
+
+def init_selection_state(key: jax.Array, learner, maml_config: MAMLConfig, optimizer,
+                         selection_config: TaskSelectionConfig, pool=None) -> SelectionTrainState:
+    """Fresh state: meta-parameters as :func:`metarl_jax.maml.init_train_state` with the same
+    ``key``, an empty sampler and a pool of ``selection_config.pool_size`` tasks drawn from
+    ``learner.env`` with ``fold_in(key, POOL_STREAM)`` (or the given ``pool``)."""
+    family = learner.env
+    check_score(selection_config, family)
+    if pool is None:
+        pool = task_pool(family, jax.random.fold_in(key, POOL_STREAM), selection_config.pool_size)
+    if num_tasks_in(pool) != selection_config.pool_size:
+        raise ValueError(
+            f"pool_size={selection_config.pool_size!r} does not match the given pool of {num_tasks_in(pool)} tasks"
+        )
+    base = init_train_state(key, learner, maml_config, optimizer)
+    return SelectionTrainState(base.meta_params, base.opt_state, base.key, base.step,
+                               init_sampler(selection_config), pool,
+                               pool_optimal_returns(family, pool, _horizon(learner)))
+
+
+def make_selection_train_step(
+    learner,
+    maml_config: MAMLConfig,
+    optimizer,
+    selection_config: TaskSelectionConfig,
+    meta_batch: int,
+    inner_optimizer=None,
+    skip_nonfinite: bool = False,
+):
+    """One meta-iteration with task selection, ``state -> (state, metrics)``: pure and jittable.
+
+    The meta-gradient step is :func:`metarl_jax.maml.make_meta_train_step` on the gathered
+    tasks (so the update, the non-finite guard and the metrics are exactly those of
+    uniform meta-training); around it the sampler draws ``meta_batch`` pool indices and
+    records their scores. Extra metrics: ``task_indices [B]`` and ``task_scores [B]``.
+    A batch whose scores are not all finite leaves the sampler unchanged.
+    """
+    meta_batch = int(meta_batch)
+    if meta_batch < 1:
+        raise ValueError(f"meta_batch={meta_batch!r} is invalid: must be an integer >= 1")
+
+    def step(state: SelectionTrainState):
+        chex.assert_shape(state.pool_optimum, (selection_config.pool_size,))
+        key, key_select = jax.random.split(state.key)
+        indices = sample_indices(selection_config, state.sampler, key_select, meta_batch)
+        tasks = gather_tasks(state.pool, indices)
+        base_step = make_meta_train_step(learner, maml_config, optimizer, lambda _: tasks, inner_optimizer,
+                                         skip_nonfinite=skip_nonfinite)
+        base, metrics = base_step(MetaTrainState(state.meta_params, state.opt_state, key, state.step))
+        post = metrics["per_task_post_adaptation_return"]
+        chex.assert_shape(post, (meta_batch,))
+        scores = selection_scores(selection_config, post, state.pool_optimum[indices])
+        updated = update_scores(selection_config, state.sampler, indices, scores)
+        finite = jnp.all(jnp.isfinite(scores))
+        sampler = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state.sampler)
+        metrics = dict(metrics, task_indices=indices, task_scores=scores)
+        new_state = SelectionTrainState(base.meta_params, base.opt_state, base.key, base.step, sampler,
+                                        state.pool, state.pool_optimum)
+        return new_state, metrics
+
+    return step
+
+
+def _build_multi_step(learner, maml_config, train_config, selection_config, inner_optimizer):
+    optimizer = train_lib.make_optimizer(train_config)
+    step = make_selection_train_step(learner, maml_config, optimizer, selection_config, train_config.meta_batch,
+                                     inner_optimizer, skip_nonfinite=train_config.on_nonfinite == "skip")
+    return jax.jit(train_lib.make_multi_step(step, int(train_config.iterations_per_call)))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_multi_step(learner, maml_config, train_config, selection_config):
+    return _build_multi_step(learner, maml_config, train_config, selection_config, None)
+
+
+def compiled_multi_step(learner, maml_config, train_config, selection_config, inner_optimizer=None):
+    """The jitted ``lax.scan`` of ``iterations_per_call`` selection meta-iterations.
+
+    Equal (hashable) arguments return the same jitted function, so repeated runs
+    (seeds, resumes, tests) compile once. ``num_iterations`` and ``seed`` do not matter.
+    """
+    if inner_optimizer is None:
+        key_config = dataclasses.replace(train_config, num_iterations=1, seed=0)
+        try:
+            return _cached_multi_step(learner, maml_config, key_config, selection_config)
+        except TypeError:  # an unhashable learner: no cache
+            pass
+    return _build_multi_step(learner, maml_config, train_config, selection_config, inner_optimizer)
+
+
+def meta_train_with_selection(
+    learner,
+    maml_config: MAMLConfig,
+    train_config: train_lib.TrainConfig,
+    selection_config: TaskSelectionConfig,
+    run_dir: str | None = None,
+    *,
+    pool=None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    inner_optimizer=None,
+) -> tuple[SelectionTrainState, list[dict]]:
+    """Meta-train ``learner`` on tasks selected from a fixed pool; return ``(final state, history)``.
+
+    The loop of :func:`metarl_jax.train.meta_train` (``metrics.jsonl``, crash-safe
+    checkpoints of the whole state every ``checkpoint_every`` iterations, resume from
+    the latest checkpoint in ``run_dir/checkpoints``, ``stop_after`` to simulate an
+    interruption, non-finite policy) around :func:`make_selection_train_step`.
+    The pool is drawn from ``learner.env`` with the training seed unless ``pool`` is given.
+    """
+    check_score(selection_config, learner.env)
+    optimizer = train_lib.make_optimizer(train_config)
+    state = init_selection_state(jax.random.PRNGKey(train_config.seed), learner, maml_config, optimizer,
+                                 selection_config, pool)
+    multi_step = compiled_multi_step(learner, maml_config, train_config, selection_config, inner_optimizer)
+    chunk = int(train_config.iterations_per_call)
+
+    metrics_path = ckpt_dir = None
+    if run_dir is not None:
+        os.makedirs(run_dir, exist_ok=True)
+        metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        ckpt_dir = os.path.join(run_dir, "checkpoints")
+        restored = ckpt.restore_latest(ckpt_dir, state)
+        if restored is not None:
+            _, state, _ = restored
+        train_lib._truncate_metrics(metrics_path, int(state.step))
+    history = train_lib.read_metrics(run_dir) if run_dir is not None else []
+
+    start = int(state.step)
+    total = int(train_config.num_iterations)
+    end = total if stop_after is None else min(total, start + int(stop_after))
+    bar = tqdm(total=total, initial=start, desc=f"meta-iterations ({selection_config.strategy})",
+               disable=not progress, dynamic_ncols=True)
+    last_saved = iteration = start
+    metadata = {"selection": dataclasses.asdict(selection_config)}
+    while iteration < end:
+        t0 = time.perf_counter()
+        new_state, metrics = multi_step(state)
+        metrics = jax.device_get(metrics)
+        elapsed = time.perf_counter() - t0
+        finite = np.asarray(metrics["grad_finite"])
+        if train_config.on_nonfinite == "stop" and not finite.all():
+            bad = iteration + int(np.argmin(finite))
+            where = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir else None
+            raise train_lib.NonFiniteGradientError(
+                f"non-finite meta-gradient at iteration {bad}: training stopped; "
+                f"last good checkpoint: {where or 'none saved'} (set on_nonfinite='skip' to skip such updates)"
+            )
+        state = new_state
+        lines = []
+        for j in range(chunk):
+            if iteration >= end:
+                break
+            record = {"iteration": iteration, **train_lib._scalar_metrics(metrics, j), "seconds": elapsed / chunk}
+            history.append(record)
+            lines.append(json.dumps(record) + "\n")
+            iteration += 1
+        if metrics_path is not None:
+            with open(metrics_path, "a") as f:
+                f.writelines(lines)
+                f.flush()
+        bar.update(len(lines))
+        bar.set_postfix(post=f"{history[-1]['post_adaptation_return']:.3g}")
+        if ckpt_dir is not None and (iteration - last_saved >= train_config.checkpoint_every or iteration >= end):
+            ckpt.save_checkpoint(ckpt_dir, iteration, state, {"iteration": iteration, **metadata},
+                                 keep=train_config.keep_checkpoints)
+            last_saved = iteration
+    bar.close()
+    return state, history
+
+
+def tail_mean(values, fraction: float = 0.1) -> float:
+    """Mean of the lowest ``ceil(fraction * N)`` of ``values [N]`` (the lower-tail CVaR; worst decile at 0.1)."""
+    values = np.sort(np.asarray(values, np.float64).ravel())
+    if values.size == 0 or not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction={fraction!r} is invalid: must be in (0, 1] with at least one value")
+    return float(values[: max(1, int(np.ceil(fraction * values.size)))].mean())

@@ -1,0 +1,265 @@
+"""The decision stage: act on a task round after round, adapting online from the reward feedback.
+
+Starting from the meta-learned parameters ``phi_0 = theta``, round ``r = 0..R-1``:
+
+    D_r      = collect(key_r, phi_r, task)                  act: a batch of E episodes with pi_{phi_r}
+    G_r      = mean_e sum_t r_{e,t}                          the round's (undiscounted) return
+    phi_r+1  = phi_r - alpha * grad L_in(phi_r, D_r)        adapt on the feedback (SGD, Meta-SGD or optax)
+
+which is exactly :func:`metarl_jax.maml.adapt` run for ``R`` steps (same keys, same
+data, same updates: ``returns`` equals ``adapt``'s ``inner_returns`` with
+``inner_steps=R``), with per-round statistics recorded as well. The rounds are one
+``lax.scan``; :func:`deploy` is a pure function of ``(meta_params, task, key)``, so
+it jits, and ``jax.vmap`` over tasks (and keys) deploys on a batch of tasks
+(:func:`deploy_batch`). Nothing is differentiated.
+
+Per round it also runs one episode of the *mode* policy of ``phi_r`` (Gaussian
+mean / most likely action / greedy Q action), whose observations are the
+``paths`` (positions, for navigation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from gymnax.environments import spaces
+
+from metarl_jax import checkpoint as ckpt
+from metarl_jax.maml import MAMLConfig, init_train_state, sgd_inner_update
+from metarl_jax.rollout import rollout
+from metarl_jax.tasks.base import num_tasks_in
+
+
+@struct.dataclass
+class DeployResult:
+    """What :func:`deploy` returns for one task (``R`` rounds; add a leading task axis under vmap).
+
+    Attributes:
+      returns: ``[R]`` mean undiscounted episode return of round ``r``'s batch (policy ``phi_r``).
+      losses: ``[R]`` inner loss of round ``r``.
+      greedy_returns: ``[R]`` return of one episode of the mode policy of ``phi_r``.
+      paths: ``[R, T, obs_dim]`` observations after each step of that episode (navigation: positions).
+      action_counts: ``[R, A]`` float32, times each action was taken in round ``r``'s batch
+        (discrete actions; bandits: pulls per arm), else ``None``.
+      mean_action: ``[R, d]`` mean action of round ``r``'s batch (continuous actions), else ``None``.
+      params: ``phi_R``, the parameters after the last round's update.
+    """
+
+    returns: jax.Array
+    losses: jax.Array
+    greedy_returns: jax.Array
+    paths: jax.Array
+    action_counts: jax.Array | None
+    mean_action: jax.Array | None
+    params: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModeActions:
+    """The deterministic policy of a learner's parameters: Gaussian mean, argmax logits, or greedy Q.
+
+    Policy-gradient learners use ``learner.policy``; actor-critic learners the actor of their
+    ``model`` (``params["actor"]``); Q-learners ``argmax_a Q(s, a)``. A policy without a mode
+    method (``mean`` / ``logits``, e.g. a shared-torso actor-critic) acts by sampling with ``key``.
+    """
+
+    learner: Any
+
+    def sample(self, key, params, obs):
+        learner = self.learner
+        if hasattr(learner, "q_values"):
+            return jnp.argmax(learner.q_values(params, obs), axis=-1).astype(jnp.int32)
+        policy = learner.model if hasattr(learner, "model") else learner.policy
+        if hasattr(policy, "actor"):  # separate actor and critic
+            policy, params = policy.actor, params["actor"]
+        if hasattr(policy, "mean"):
+            return policy.mean(params, obs)
+        if hasattr(policy, "logits"):
+            return jnp.argmax(policy.logits(params, obs), axis=-1).astype(jnp.int32)
+        return policy.sample(key, params, obs)
+
+
+def is_discrete(env) -> bool:
+    """Whether ``env``'s action space is ``Discrete``."""
+    return isinstance(env.action_space(env.default_params), spaces.Discrete)
+
+
+def check_single_task(env, task) -> None:
+    """The task must be one unbatched ``EnvParams`` of ``env``'s kind."""
+    default = env.default_params
+    if jax.tree.structure(task) != jax.tree.structure(default):
+        raise ValueError(f"task={type(task).__name__} is invalid: expected {type(default).__name__} of {env.name}")
+    for got, want in zip(jax.tree.leaves(task), jax.tree.leaves(default)):
+        if jnp.ndim(got) != jnp.ndim(want):
+            raise ValueError(
+                f"task is invalid: a leaf has shape {jnp.shape(got)}, a single task's has {jnp.shape(want)} "
+                "(deploy takes one task; vmap it, or use deploy_batch, for a batch)"
+            )
+
+
+def deploy(
+    learner,
+    maml_config: MAMLConfig,
+    meta_params: dict,
+    task,
+    key: jax.Array,
+    num_rounds: int,
+    inner_lr: float | jax.Array | None = None,
+    inner_optimizer=None,
+) -> DeployResult:
+    """Act and adapt on one task for ``num_rounds`` rounds from ``meta_params`` (see the module docstring).
+
+    Args:
+      learner: the inner learner the meta-parameters were trained with.
+      maml_config: its :class:`~metarl_jax.maml.MAMLConfig` (``estimator`` picks the inner loss,
+        ``inner_lr`` the step size unless overridden).
+      meta_params: ``{"policy": theta}`` (plus ``{"inner_lr": ...}`` with Meta-SGD).
+      task: one task (``EnvParams``, unbatched).
+      key: PRNG key.
+      num_rounds: ``R >= 1`` (static).
+      inner_lr: ``None`` uses the learned per-parameter rates if present, else
+        ``maml_config.inner_lr``; a number (or traced scalar) ``>= 0`` overrides both;
+        ``0`` is the no-update control (the meta-learned policy, unchanged).
+      inner_optimizer: an optax transformation to use instead of SGD (as in ``adapt``).
+
+    Returns:
+      A :class:`DeployResult`.
+    """
+    if isinstance(num_rounds, bool) or not isinstance(num_rounds, (int, np.integer)) or num_rounds < 1:
+        raise ValueError(f"num_rounds={num_rounds!r} is invalid: must be an integer >= 1")
+    if isinstance(inner_lr, (int, float)) and not (inner_lr >= 0 and np.isfinite(inner_lr)):
+        raise ValueError(f"inner_lr={inner_lr!r} is invalid: must be a finite number >= 0 or None")
+    env = learner.env
+    check_single_task(env, task)
+    theta = meta_params["policy"]
+    lr = meta_params.get("inner_lr", maml_config.inner_lr) if inner_lr is None else jnp.asarray(inner_lr)
+    discrete = is_discrete(env)
+    num_actions = int(env.action_space(env.default_params).n) if discrete else 0
+    mode = ModeActions(learner)
+    horizon = int(learner.config.horizon)
+    opt_state = inner_optimizer.init(theta) if inner_optimizer is not None else None
+
+    def round_(carry, round_key):
+        phi, opt_state = carry
+        data = learner.collect(round_key, phi, task)
+        if hasattr(learner, "inner_grad"):
+            loss, grads = learner.inner_grad(phi, data, maml_config.estimator)
+        else:
+            loss, grads = jax.value_and_grad(learner.inner_loss)(phi, data, maml_config.estimator)
+        if inner_optimizer is None:
+            new_phi = sgd_inner_update(phi, grads, lr)
+        else:
+            updates, opt_state = inner_optimizer.update(grads, opt_state, phi)
+            new_phi = optax.apply_updates(phi, updates)
+        mask = data.mask
+        if discrete:
+            counts = jnp.sum(jax.nn.one_hot(data.action, num_actions) * mask[..., None], axis=(0, 1))
+            stats = (counts, None)
+        else:
+            total = jnp.sum(data.action * mask[..., None], axis=(0, 1))
+            stats = (None, total / jnp.maximum(jnp.sum(mask), 1.0))
+        greedy = rollout(jax.random.fold_in(round_key, 1), env, mode, phi, task, 1, horizon)
+        out = (learner.mean_return(data), loss, greedy.episode_returns(1.0)[0], greedy.next_obs[0], stats)
+        return (new_phi, opt_state), out
+
+    keys = jax.random.split(key, num_rounds)
+    (phi, _), (returns, losses, greedy_returns, paths, (counts, mean_action)) = jax.lax.scan(
+        round_, (theta, opt_state), keys)
+    chex.assert_shape(returns, (num_rounds,))
+    return DeployResult(returns=returns, losses=losses, greedy_returns=greedy_returns, paths=paths,
+                        action_counts=counts, mean_action=mean_action, params=phi)
+
+
+def deploy_batch(learner, maml_config: MAMLConfig, meta_params: dict, tasks, key: jax.Array, num_rounds: int,
+                 inner_lr=None, inner_optimizer=None) -> DeployResult:
+    """:func:`deploy` vmapped over a batch of ``N`` tasks (one key each): every field gets a leading ``[N]``."""
+    keys = jax.random.split(key, num_tasks_in(tasks))
+    return jax.vmap(lambda t, k: deploy(learner, maml_config, meta_params, t, k, num_rounds, inner_lr,
+                                        inner_optimizer))(tasks, keys)
+
+
+# --------------------------------------------------------------------------- loading a run
+
+
+class LoadedRun(NamedTuple):
+    """A meta-trained experiment rebuilt from its run directory."""
+
+    config: Any  # metarl_jax.experiment.MAMLExperimentConfig
+    family: Any
+    learner: Any
+    maml_config: MAMLConfig
+    meta_params: dict
+    checkpoint: str
+    run_dir: str
+
+
+def _locate(path: str) -> tuple[str, str]:
+    """``(checkpoint file, run directory)`` for a run dir, its ``checkpoints/`` dir or a checkpoint file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint={path!r} is invalid: no such file or directory")
+    if os.path.isfile(path):
+        return path, os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    ckpt_dir = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+    found = ckpt.latest_checkpoint(ckpt_dir)
+    if found is None:
+        raise FileNotFoundError(
+            f"checkpoint={path!r} is invalid: {ckpt_dir} holds no checkpoint (expected step_<digits> files; "
+            "pass runs/<name>/<timestamp>, its checkpoints/ directory or one checkpoint file)"
+        )
+    return found, os.path.dirname(os.path.abspath(ckpt_dir))
+
+
+def experiment_config_from_json(path: str):
+    """The :class:`~metarl_jax.experiment.MAMLExperimentConfig` saved as ``config.json`` by an experiment."""
+    from metarl_jax.experiment import MAMLExperimentConfig
+
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} is missing: the run directory of a checkpoint must hold the config.json its experiment wrote"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    fields = {f.name: f for f in dataclasses.fields(MAMLExperimentConfig)}
+    kwargs = {}
+    for name, value in raw.items():
+        if name in fields:
+            kwargs[name] = tuple(value) if isinstance(value, list) else value
+    return MAMLExperimentConfig(**kwargs)
+
+
+def load_run(path: str) -> LoadedRun:
+    """Rebuild the learner of an experiment run and load its meta-parameters.
+
+    ``path``: ``runs/<name>/<timestamp>`` (latest checkpoint), its ``checkpoints/`` directory
+    or one ``step_<digits>`` file; ``config.json`` must sit in the run directory.
+    Raises ``FileNotFoundError`` / ``ValueError`` with a message naming what is wrong.
+    """
+    from metarl_jax.experiment import build
+    from metarl_jax.train import make_optimizer
+
+    checkpoint_file, run_dir = _locate(os.fspath(path))
+    config = experiment_config_from_json(os.path.join(run_dir, "config.json"))
+    family, learner, maml_config, train_config = build(config)
+    target = init_train_state(jax.random.PRNGKey(train_config.seed), learner, maml_config,
+                              make_optimizer(train_config))
+    try:
+        state, _ = ckpt.restore_checkpoint(checkpoint_file, target)
+    except ckpt.CheckpointCorruptError as err:
+        raise ValueError(f"checkpoint={checkpoint_file!r} is unreadable: {err}") from None
+    except ValueError as err:
+        raise ValueError(
+            f"checkpoint={checkpoint_file!r} does not fit the learner built from {run_dir}/config.json: {err}"
+        ) from None
+    return LoadedRun(config, family, learner, maml_config, state.meta_params, checkpoint_file, run_dir)

@@ -1,0 +1,303 @@
+"""A newcomer's entry point: one object that meta-trains, adapts and acts.
+
+:class:`MetaRL` mirrors the classic object interface (``train`` / ``adapt`` /
+``predict`` / ``save`` / ``load``) and is a thin layer over the functional core:
+:func:`metarl_jax.experiment.LEARNERS` builds the learner from a validated
+:class:`~metarl_jax.experiment.MAMLExperimentConfig`, training runs the jitted
+:func:`metarl_jax.maml.make_meta_train_step` (a ``lax.scan`` of
+``iterations_per_call`` meta-iterations per call, as :func:`metarl_jax.train.meta_train`),
+adaptation is :func:`metarl_jax.maml.adapt`, actions come from the policy's mode
+(:class:`metarl_jax.deploy.ModeActions`), and ``save`` / ``load`` use the
+crash-safe checkpoints of :mod:`metarl_jax.checkpoint`. The object holds the
+state the functions thread explicitly (training state, adapted parameters, a
+PRNG key); use the functions directly when you need to ``vmap`` or differentiate.
+
+    agent = MetaRL("bandit", num_arms=3, horizon=10, meta_batch=8, num_episodes=8)
+    history = agent.train(20)           # [{"iteration": 0, "post_adaptation_return": ..., ...}, ...]
+    agent.adapt(steps=1)                # on a new task drawn from the family
+    arm = agent.predict()               # greedy action of the adapted policy
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metarl_jax import checkpoint as ckpt
+from metarl_jax.deploy import ModeActions, check_single_task
+from metarl_jax.experiment import LEARNERS, MAMLExperimentConfig
+from metarl_jax.maml import adapt, init_train_state, make_meta_train_step
+from metarl_jax.tasks import (
+    FAMILY_NAMES,
+    BernoulliBandit,
+    GridMaze,
+    Navigation2D,
+    TabularMDP,
+    make_family,
+    sample_tasks,
+)
+from metarl_jax.tasks.base import TaskFamily
+from metarl_jax.train import NonFiniteGradientError, make_multi_step, make_optimizer
+
+_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(MAMLExperimentConfig))
+#: Config fields the object sets itself (from its own arguments) or that make no sense here.
+#: Registry names of the library's family classes (the ``task`` recorded in the config).
+_NAMES_BY_CLASS = ((BernoulliBandit, "bandit"), (TabularMDP, "tabular_mdp"), (Navigation2D, "navigation"),
+                   (GridMaze, "maze"))
+_RESERVED = ("task", "learner", "outer_lr", "num_iterations", "out_dir", "run_dir", "name")
+
+
+def _positive_int(field: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{field}={value!r} is invalid: must be an integer >= {minimum}")
+    return int(value)
+
+
+class MetaRL:
+    """Meta-reinforcement learning (MAML) behind a small object interface.
+
+    Args:
+      family_or_name: a task family (a :class:`~metarl_jax.tasks.base.TaskFamily`) or its
+        registry name (``metarl_jax.tasks.FAMILY_NAMES``); ``None`` with ``state_size`` and
+        ``action_size`` builds random tabular MDPs of that size (:class:`~metarl_jax.tasks.TabularMDP`).
+      state_size, action_size: sizes of the tabular MDPs (with a family: optional checks of its
+        observation length and number of actions).
+      learning_rate: Adam step size of the meta-optimizer (the outer loop).
+      learner: inner learner name (``metarl_jax.experiment.LEARNERS``).
+      **options: any field of :class:`~metarl_jax.experiment.MAMLExperimentConfig` (``meta_batch``,
+        ``num_episodes``, ``horizon``, ``inner_lr``, ``inner_steps``, ``estimator``, ``hidden_sizes``,
+        ``seed``, ``iterations_per_call``...); with a family name or sizes, other options go to the
+        family's constructor (e.g. ``num_arms=5``). ``horizon`` defaults to the family's own.
+
+    Every value is validated on construction; an invalid one raises ``ValueError`` naming it.
+    """
+
+    def __init__(self, family_or_name: TaskFamily | str | None = None, state_size: int | None = None,
+                 action_size: int | None = None, learning_rate: float = 3e-3, learner: str = "pg", **options):
+        if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not (
+                learning_rate > 0 and math.isfinite(learning_rate)):
+            raise ValueError(f"learning_rate={learning_rate!r} is invalid: must be a finite number > 0")
+        for name in options:
+            if name in _RESERVED:
+                raise ValueError(f"{name}={options[name]!r} is invalid here: MetaRL sets it "
+                                 "(family_or_name, learner, learning_rate, train(num_iterations))")
+        config_options = {k: v for k, v in options.items() if k in _CONFIG_FIELDS}
+        family_options = {k: v for k, v in options.items() if k not in _CONFIG_FIELDS}
+        if "horizon" in config_options:
+            family_options["horizon"] = config_options["horizon"]
+        if "hidden_sizes" in config_options:
+            config_options["hidden_sizes"] = tuple(config_options["hidden_sizes"])
+
+        task_name = "tabular_mdp"
+        if family_or_name is None:
+            if state_size is None or action_size is None:
+                raise ValueError("family_or_name=None is invalid without state_size and action_size: "
+                                 f"give a task family, a family name ({', '.join(FAMILY_NAMES)}) or both sizes")
+            family = self._make(TabularMDP, family_options, num_states=_positive_int("state_size", state_size, 1),
+                                num_actions=_positive_int("action_size", action_size, 2))
+        elif isinstance(family_or_name, str):
+            if family_or_name not in FAMILY_NAMES:
+                raise ValueError(f"family_or_name={family_or_name!r} is invalid: names are {list(FAMILY_NAMES)}")
+            task_name = family_or_name
+            family = self._make(lambda **kw: make_family(family_or_name, **kw), family_options)
+        elif isinstance(family_or_name, TaskFamily):
+            unknown = sorted(set(family_options) - {"horizon"})
+            if unknown:
+                raise ValueError(f"{unknown[0]}={options[unknown[0]]!r} is invalid: not a field of "
+                                 "MAMLExperimentConfig (family options only apply to a family built by name)")
+            family = family_or_name
+            task_name = next((n for cls, n in _NAMES_BY_CLASS if type(family) is cls), task_name)
+        else:
+            raise ValueError(f"family_or_name={family_or_name!r} is invalid: give a TaskFamily, a name or None")
+        if "horizon" not in config_options and getattr(family, "horizon", None):
+            config_options["horizon"] = int(family.horizon)
+
+        self.config = MAMLExperimentConfig(task=task_name, learner=learner, outer_lr=float(learning_rate),
+                                           **config_options)
+        self.family = family
+        self._check_sizes(state_size, action_size)
+        self.learner = LEARNERS[self.config.learner](self.config, family)
+        self.maml_config = self.config.maml_config()
+        self.train_config = self.config.train_config()
+        self._optimizer = make_optimizer(self.train_config)
+        seed = self.config.seed
+        self._state = init_train_state(jax.random.PRNGKey(seed), self.learner, self.maml_config, self._optimizer)
+        self._key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+        self._adapted = None
+        self.task = None
+        self.history: list[dict] = []
+        self._compiled: dict[Any, Any] = {}
+
+    # ------------------------------------------------------------------ construction helpers
+    @staticmethod
+    def _make(constructor, family_options: dict, **fixed) -> TaskFamily:
+        try:
+            return constructor(**fixed, **family_options)
+        except TypeError as err:  # an option the family's constructor does not take
+            bad = next((k for k in family_options if f"'{k}'" in str(err)), None)
+            if bad is None:
+                raise
+            raise ValueError(f"{bad}={family_options[bad]!r} is invalid: neither a field of MAMLExperimentConfig "
+                             "nor an argument of the task family") from None
+
+    def _check_sizes(self, state_size, action_size) -> None:
+        obs_dim = self.family.obs_dim()
+        if state_size is not None and _positive_int("state_size", state_size, 1) != obs_dim:
+            raise ValueError(f"state_size={state_size!r} is invalid: the family's observations have length {obs_dim}")
+        space = self.family.action_space(self.family.default_params)
+        n = int(space.n) if hasattr(space, "n") else int(space.shape[0])
+        if action_size is not None and _positive_int("action_size", action_size, 1) != n:
+            raise ValueError(f"action_size={action_size!r} is invalid: the family has {n} actions")
+
+    def _next_key(self) -> jax.Array:
+        self._key, key = jax.random.split(self._key)
+        return key
+
+    # ------------------------------------------------------------------ state
+    @property
+    def meta_params(self) -> dict:
+        """The meta-learned parameters ``{"policy": theta, ...}``."""
+        return self._state.meta_params
+
+    @property
+    def params(self):
+        """The policy parameters ``predict`` uses: the adapted ones if :meth:`adapt` ran, else ``theta``."""
+        return self._adapted if self._adapted is not None else self._state.meta_params["policy"]
+
+    @property
+    def iterations(self) -> int:
+        """Meta-iterations trained so far."""
+        return int(self._state.step)
+
+    # ------------------------------------------------------------------ train / adapt / predict
+    def _multi_step(self, length: int):
+        if ("train", length) not in self._compiled:
+            family, batch = self.family, self.train_config.meta_batch
+            step = make_meta_train_step(self.learner, self.maml_config, self._optimizer,
+                                        lambda key: sample_tasks(family, key, batch),
+                                        skip_nonfinite=self.train_config.on_nonfinite == "skip")
+            self._compiled[("train", length)] = jax.jit(make_multi_step(step, length))
+        return self._compiled[("train", length)]
+
+    def train(self, num_iterations: int) -> list[dict]:
+        """Run ``num_iterations`` more meta-iterations; returns their metrics (one dict each).
+
+        Each dict has ``iteration``, ``pre_adaptation_return``, ``post_adaptation_return``,
+        ``meta_loss``, ``grad_norm``... Training continues from where the previous call (or
+        :meth:`load`) left off. Clears the adapted parameters.
+        """
+        num_iterations = _positive_int("num_iterations", num_iterations, 1)
+        # one compiled scan length per call: the largest divisor of num_iterations <= iterations_per_call
+        length = math.gcd(num_iterations, int(self.train_config.iterations_per_call))
+        records = []
+        for _ in range(num_iterations // length):
+            new_state, metrics = self._multi_step(length)(self._state)
+            metrics = jax.device_get(metrics)
+            finite = np.asarray(metrics["grad_finite"])
+            if self.train_config.on_nonfinite == "stop" and not finite.all():
+                raise NonFiniteGradientError(
+                    f"non-finite meta-gradient at iteration {self.iterations + int(np.argmin(finite))}: "
+                    "the parameters were left at the last good iteration (on_nonfinite='skip' skips such updates)")
+            start = self.iterations
+            self._state = new_state
+            for j in range(length):
+                record = {"iteration": start + j}
+                for name, value in metrics.items():
+                    value = np.asarray(value[j])
+                    if value.ndim == 0:
+                        record[name] = value.item()
+                records.append(record)
+        self._adapted = None
+        self.history.extend(records)
+        return records
+
+    def sample_task(self):
+        """A new task drawn from the family (advances the object's PRNG key)."""
+        return self.family.sample_params(self._next_key())
+
+    def adapt(self, task=None, steps: int = 1):
+        """Adapt the meta-learned policy to ``task`` (default: a new task from the family).
+
+        ``steps`` inner policy-gradient steps of :func:`metarl_jax.maml.adapt`, each on a fresh
+        batch of ``num_episodes`` episodes. Returns the adapted policy parameters and keeps
+        them (and the task) for :meth:`predict`.
+        """
+        steps = _positive_int("steps", steps, 1)
+        task = self.sample_task() if task is None else task
+        check_single_task(self.family, task)
+        if ("adapt", steps) not in self._compiled:
+            cfg = dataclasses.replace(self.maml_config, inner_steps=steps, estimator="first_order")
+            self._compiled[("adapt", steps)] = jax.jit(
+                lambda mp, t, k: adapt(self.learner, cfg, mp, t, k)[0])
+        self._adapted = self._compiled[("adapt", steps)](self.meta_params, task, self._next_key())
+        self.task = task
+        return self._adapted
+
+    def _as_obs(self, state) -> jax.Array:
+        obs_dim = self.family.obs_dim()
+        if state is None:
+            params = self.task if self.task is not None else self.family.default_params
+            obs, _ = self.family.reset_env(jax.random.PRNGKey(0), params)
+            return jnp.asarray(obs, jnp.float32)
+        array = np.asarray(state)
+        if np.issubdtype(array.dtype, np.integer) and isinstance(self.family, TabularMDP):
+            if array.size and (array.min() < 0 or array.max() >= obs_dim):
+                raise ValueError(f"state={state!r} is invalid: state indices must be in [0, {obs_dim})")
+            return jax.nn.one_hot(array, obs_dim, dtype=jnp.float32)
+        if array.ndim == 0 or array.shape[-1] != obs_dim:
+            raise ValueError(f"state has shape {array.shape}: expected [..., {obs_dim}] (the observation)"
+                             + (" or an integer state index" if isinstance(self.family, TabularMDP) else ""))
+        return jnp.asarray(array, jnp.float32)
+
+    def predict(self, state=None) -> np.ndarray:
+        """The mode action of the adapted (else the meta-learned) policy in ``state``.
+
+        ``state``: an observation ``[..., obs_dim]`` (for tabular MDPs also an integer state index
+        or array of them); ``None`` is the family's initial observation (bandits have one state).
+        Returns a numpy array: ``[...]`` int32 for discrete actions (most likely action),
+        ``[..., action_dim]`` float32 for continuous ones (the Gaussian mean).
+        """
+        obs = self._as_obs(state)
+        if "predict" not in self._compiled:
+            mode = ModeActions(self.learner)
+            self._compiled["predict"] = jax.jit(lambda params, o: mode.sample(jax.random.PRNGKey(0), params, o))
+        return np.asarray(self._compiled["predict"](self.params, obs))
+
+    # ------------------------------------------------------------------ persistence
+    def _persistent(self) -> dict:
+        adapted = self._adapted if self._adapted is not None else self._state.meta_params["policy"]
+        return {"state": self._state, "adapted": adapted, "has_adapted": np.asarray(self._adapted is not None),
+                "key": self._key}
+
+    def save(self, path: str) -> str:
+        """Write everything needed to continue (training state, adapted parameters, key) to directory ``path``.
+
+        One crash-safe checkpoint file per save (the latest is kept). Returns its path.
+        """
+        metadata = {"api": "MetaRL", "family": self.family.name, "config": dataclasses.asdict(self.config)}
+        return ckpt.save_checkpoint(path, self.iterations, self._persistent(), metadata, keep=1)
+
+    def load(self, path: str) -> "MetaRL":
+        """Load what :meth:`save` wrote into this object (built with the same family and options)."""
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"path={path!r} is invalid: no such directory")
+        try:
+            restored = ckpt.restore_latest(path, self._persistent())
+        except ValueError as err:
+            raise ValueError(f"path={path!r} does not fit this MetaRL (family and options must match): {err}") from None
+        if restored is None:
+            raise FileNotFoundError(f"path={path!r} is invalid: it holds no checkpoint written by save()")
+        _, saved, _ = restored
+        self._state, self._key = saved["state"], saved["key"]
+        self._adapted = saved["adapted"] if bool(saved["has_adapted"]) else None
+        return self
+
+    def __repr__(self) -> str:
+        return (f"MetaRL(family={self.family.name}, learner={self.config.learner!r}, "
+                f"iterations={self.iterations}, adapted={self._adapted is not None})")

@@ -1,0 +1,256 @@
+"""The pipeline after meta-training: task selection in the jitted step, deployment, the CLI, MetaRL.
+
+Tiny static shapes and shared configs, so each compiled program is built once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import deploy as deploy_cli
+from metarl_jax import curriculum
+from metarl_jax import task_selection as ts
+from metarl_jax.api import MetaRL
+from metarl_jax.deploy import deploy, deploy_batch
+from metarl_jax.experiment import LEARNERS, MAMLExperimentConfig, write_json
+from metarl_jax.maml import init_meta_params
+from metarl_jax.tasks import (
+    BanditParams,
+    BernoulliBandit,
+    Navigation2D,
+    NavigationParams,
+    TabularMDP,
+    TabularMDPParams,
+    sample_tasks,
+)
+from metarl_jax.tasks.hard_tasks import RareBestArmBandit
+from metarl_jax.train import meta_train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One tiny bandit set-up shared by the selection, resume and deploy tests.
+CONFIG = MAMLExperimentConfig(task="bandit", num_iterations=4, meta_batch=4, num_episodes=4, horizon=4, gamma=1.0,
+                              baseline="mean", normalize="episode", inner_lr=0.05, estimator="first_order",
+                              outer_lr=1e-2, hidden_sizes=(8,), iterations_per_call=2, checkpoint_every=2)
+FAMILY = BernoulliBandit(num_arms=3, horizon=CONFIG.horizon)
+LEARNER = LEARNERS["pg"](CONFIG, FAMILY)
+MAML_CONFIG = CONFIG.maml_config()
+TRAIN_CONFIG = CONFIG.train_config()
+SELECTION = ts.TaskSelectionConfig(strategy="prioritized", pool_size=8, temperature=1.0, staleness_coef=0.1)
+# Pool: even indices hard (one sure arm, a different one from task to task: R* = H, while a
+# near-uniform policy gets about H/3 after a small inner step), odd ones easy (every arm 0.5:
+# R* = H/2 = what any policy gets, so their optimality gap is 0 up to noise).
+HARD = np.arange(8) % 2 == 0
+_SURE = np.eye(3, dtype=np.float32)[np.arange(8) % 3]
+POOL = BanditParams(probs=jnp.asarray(np.where(HARD[:, None], _SURE, 0.5), jnp.float32),
+                    max_steps_in_episode=jnp.full((8,), CONFIG.horizon, jnp.int32))
+
+
+def _selection_state():
+    optimizer = curriculum.train_lib.make_optimizer(TRAIN_CONFIG)
+    return curriculum.init_selection_state(jax.random.PRNGKey(0), LEARNER, MAML_CONFIG, optimizer, SELECTION, POOL)
+
+
+# --------------------------------------------------------------------------- task selection
+
+
+def test_selection_step_scores_the_sampled_tasks_and_focuses_on_hard_ones():
+    multi_step = curriculum.compiled_multi_step(LEARNER, MAML_CONFIG, TRAIN_CONFIG, SELECTION)
+    state = _selection_state()
+    np.testing.assert_allclose(state.pool_optimum, np.where(HARD, 4.0, 2.0))
+    state, metrics = multi_step(state)  # 2 meta-iterations of 4 tasks: unseen tasks first covers the pool
+    idx, scores = np.asarray(metrics["task_indices"]), np.asarray(metrics["task_scores"])
+    post = np.asarray(metrics["per_task_post_adaptation_return"])
+    assert sorted(idx.ravel().tolist()) == list(range(8))
+    np.testing.assert_allclose(scores, np.asarray(state.pool_optimum)[idx] - post, rtol=1e-6)
+    sampler = state.sampler
+    assert int(sampler.step) == 2 and bool(np.all(sampler.seen))
+    for s in range(2):  # every task's score is the one computed at the step that sampled it
+        np.testing.assert_allclose(np.asarray(sampler.scores)[idx[s]], scores[s], rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(sampler.last_sampled)[idx[s]], s + 1)
+    drawn = []
+    for _ in range(3):
+        state, metrics = multi_step(state)
+        drawn.append(np.asarray(metrics["task_indices"]).ravel())
+    probs = np.asarray(jax.jit(ts.sampling_probabilities, static_argnums=0)(SELECTION, state.sampler))
+    # uniform would give the hard half 0.5; rank prioritisation puts most mass on the 4 largest gaps
+    assert probs[HARD].sum() > 0.65, probs
+    assert np.mean(HARD[np.concatenate(drawn)]) > 0.6
+    assert np.asarray(state.sampler.scores)[HARD].mean() > np.asarray(state.sampler.scores)[~HARD].mean() + 1.0
+
+
+def test_selection_training_resumes_exactly(tmp_path):
+    strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+    full_state, full = curriculum.meta_train_with_selection(LEARNER, MAML_CONFIG, TRAIN_CONFIG, SELECTION,
+                                                            str(tmp_path / "full"), pool=POOL, progress=False)
+    run = str(tmp_path / "interrupted")
+    curriculum.meta_train_with_selection(LEARNER, MAML_CONFIG, TRAIN_CONFIG, SELECTION, run, pool=POOL,
+                                         progress=False, stop_after=2)
+    state, resumed = curriculum.meta_train_with_selection(LEARNER, MAML_CONFIG, TRAIN_CONFIG, SELECTION, run,
+                                                          pool=POOL, progress=False)
+    assert int(state.step) == 4 and strip(resumed) == strip(full)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(full_state)):  # sampler, params, key: bit for bit
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_selection_validation_names_the_field():
+    with pytest.raises(ValueError, match="score='optimality_gap' is invalid"):
+        curriculum.check_score(SELECTION, object())  # a family without an exact optimum
+    assert curriculum.default_score(object()) == "negative_return"
+    with pytest.raises(ValueError, match="pool_size=8 does not match"):
+        curriculum.init_selection_state(jax.random.PRNGKey(0), LEARNER, MAML_CONFIG, None, SELECTION,
+                                        sample_tasks(FAMILY, jax.random.PRNGKey(0), 5))
+    with pytest.raises(ValueError, match="rare_fraction=1.5"):
+        RareBestArmBandit(rare_fraction=1.5)
+    rare = RareBestArmBandit(num_arms=4, rare_fraction=0.3)
+    tasks = sample_tasks(rare, jax.random.PRNGKey(0), 2000)
+    assert abs(float(np.mean(rare.is_rare(tasks))) - 0.3) < 0.04
+    assert curriculum.tail_mean(np.arange(20.0), 0.1) == 0.5
+
+
+# --------------------------------------------------------------------------- deployment
+
+
+def test_deploy_improves_over_rounds_against_no_update_control():
+    meta_params = init_meta_params(jax.random.PRNGKey(0), LEARNER, MAML_CONFIG)  # the uniform policy
+    tasks = sample_tasks(FAMILY, jax.random.PRNGKey(1), 64)
+    run = jax.jit(lambda lr: deploy_batch(LEARNER, MAML_CONFIG, meta_params, tasks, jax.random.PRNGKey(2), 8, lr))
+    adapted, control = run(1.0), run(0.0)  # same keys: paired
+    e, t = CONFIG.num_episodes, CONFIG.horizon
+    assert adapted.returns.shape == (64, 8) and adapted.action_counts.shape == (64, 8, 3)
+    assert adapted.paths.shape == (64, 8, t, 1) and adapted.mean_action is None
+    np.testing.assert_allclose(np.asarray(adapted.action_counts).sum(-1), e * t)
+    np.testing.assert_array_equal(adapted.returns[:, 0], control.returns[:, 0])  # round 0: the same policy
+    # the last three rounds: online adaptation beats acting with the meta-learned policy unchanged
+    diff = np.asarray(adapted.returns[:, -3:].mean(1) - control.returns[:, -3:].mean(1))
+    gap = float(np.mean(t * np.asarray(tasks.probs).max(1)) - np.mean(control.returns))  # optimum - control
+    assert diff.mean() > 0.3 * gap, (diff.mean(), gap)
+    assert diff.mean() > 4 * diff.std(ddof=1) / np.sqrt(diff.size)
+    best = np.asarray(tasks.probs).argmax(1)
+    share = np.asarray(adapted.action_counts)[np.arange(64), :, best] / (e * t)  # pulls of the best arm
+    assert share[:, -1].mean() > share[:, 0].mean() + 0.2
+    with pytest.raises(ValueError, match="num_rounds=0"):
+        deploy(LEARNER, MAML_CONFIG, meta_params, jax.tree.map(lambda x: x[0], tasks), jax.random.PRNGKey(0), 0)
+    with pytest.raises(ValueError, match="vmap"):
+        deploy(LEARNER, MAML_CONFIG, meta_params, tasks, jax.random.PRNGKey(0), 2)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A run directory as the experiments write it: config.json + checkpoints/ of a tiny training run."""
+    run_dir = str(tmp_path_factory.mktemp("run"))
+    config = dataclasses.replace(CONFIG, task="bandit")
+    family = BernoulliBandit(horizon=config.horizon)  # what experiment.build makes of config.json
+    learner = LEARNERS["pg"](config, family)
+    write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(config))
+    meta_train(learner, MAML_CONFIG, TRAIN_CONFIG, lambda k: sample_tasks(family, k, config.meta_batch), run_dir,
+               progress=False)
+    return run_dir
+
+
+def test_deploy_cli_runs_end_to_end(trained_run, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    payload = deploy_cli.main(["--checkpoint", os.path.join(trained_run, "checkpoints"), "--task", "0.1,0.9",
+                               "--rounds", "3", "--out-dir", out])
+    printed = capsys.readouterr().out
+    assert re.search(r"^\s*2\s+\S+\s+\S+\s+\d+ \d+\s*$", printed, re.M), printed  # round 2, pulls of 2 arms
+    assert len(payload["returns"]) == 3 and np.asarray(payload["action_counts"]).shape == (3, 2)
+    assert payload["optimal_return"] == pytest.approx(0.9 * CONFIG.horizon)
+    for name in ("deploy.json", "returns.png", "pulls.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    with open(os.path.join(out, "deploy.json")) as f:
+        assert json.load(f)["task"]["probs"] == pytest.approx([0.1, 0.9])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoint", "/nonexistent/run"], "checkpoint='/nonexistent/run' is invalid: no such file"),
+    (["--checkpoint", "RUN", "--rounds", "0"], "rounds=0 is invalid"),
+    (["--checkpoint", "RUN", "--task", "0.5"], "task='0.5' is invalid: this bandit takes 2 arm probabilities"),
+    (["--checkpoint", "RUN", "--inner-lr", "-1"], "inner_lr=-1.0 is invalid"),
+    (["--checkpoint", "EMPTY"], "holds no checkpoint"),
+])
+def test_deploy_cli_errors_are_clear(args, message, trained_run, tmp_path, capsys):
+    args = [trained_run if a == "RUN" else str(tmp_path) if a == "EMPTY" else a for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        deploy_cli.main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+# --------------------------------------------------------------------------- MetaRL
+
+
+def _readme_example() -> str:
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    section = text.split("## A newcomer's entry point", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_newcomer_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(_readme_example(), "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    agent = namespace["agent"]
+    assert agent.iterations == 20 and len(namespace["history"]) == 20
+    assert {"iteration", "pre_adaptation_return", "post_adaptation_return", "meta_loss"} <= set(namespace["history"][-1])
+    action = agent.predict()
+    assert action.shape == () and action.dtype == np.int32 and 0 <= int(action) < 3
+    restored = MetaRL("bandit", num_arms=3, horizon=10, learning_rate=3e-2, meta_batch=8, num_episodes=8,
+                      hidden_sizes=(16,), baseline="mean").load("runs/newcomer")
+    assert restored.iterations == 20 and int(restored.predict()) == int(action)
+    for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(agent.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_metarl_from_sizes_adapts_and_predicts_state_indices():
+    agent = MetaRL(state_size=3, action_size=2, horizon=3, meta_batch=2, num_episodes=2, hidden_sizes=(8,))
+    assert isinstance(agent.family, TabularMDP) and agent.family.obs_dim() == 3
+    before = agent.predict([0, 1, 2])
+    assert before.shape == (3,) and before.dtype == np.int32
+    task = TabularMDPParams(transitions=jnp.full((3, 2, 3), 1.0 / 3.0), rewards=jnp.asarray([[1.0, 0.0]] * 3),
+                            init_dist=jnp.full((3,), 1.0 / 3.0), max_steps_in_episode=3)
+    phi = agent.adapt(task, steps=1)
+    assert agent.task is task
+    assert jax.tree.structure(phi) == jax.tree.structure(agent.meta_params["policy"])
+    assert agent.predict(2).shape == () and agent.predict(np.eye(3, dtype=np.float32)[1]).shape == ()
+    with pytest.raises(ValueError, match="state indices must be in"):
+        agent.predict(3)
+
+
+def test_metarl_continuous_actions():
+    agent = MetaRL(Navigation2D(horizon=4), meta_batch=2, num_episodes=2, hidden_sizes=(8,))
+    assert agent.config.horizon == 4
+    agent.adapt(NavigationParams(goal=jnp.asarray([0.3, -0.2], jnp.float32), max_steps_in_episode=4), steps=1)
+    action = agent.predict(np.zeros(2))
+    assert action.shape == (2,) and action.dtype == np.float32
+    assert agent.predict(np.zeros((5, 2), np.float32)).shape == (5, 2)
+    with pytest.raises(ValueError, match=r"state has shape \(3,\)"):
+        agent.predict(np.zeros(3))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "family_or_name=None is invalid"),
+    ({"family_or_name": "chess"}, "family_or_name='chess' is invalid"),
+    ({"family_or_name": "bandit", "learner": "maml"}, "learner='maml' is invalid"),
+    ({"family_or_name": "bandit", "learning_rate": -1.0}, "learning_rate=-1.0 is invalid"),
+    ({"family_or_name": "bandit", "meta_batch": 0}, "meta_batch=0 is invalid"),
+    ({"family_or_name": "bandit", "estimator": "maml"}, "estimator='maml' is invalid"),
+    ({"family_or_name": "bandit", "bogus": 1}, "bogus=1 is invalid"),
+    ({"family_or_name": "bandit", "num_arms": 1}, "num_arms=1 is invalid"),
+    ({"state_size": 0, "action_size": 2}, "state_size=0 is invalid"),
+    ({"family_or_name": BernoulliBandit(num_arms=3), "action_size": 2}, "action_size=2 is invalid"),
+    ({"family_or_name": "bandit", "name": "x"}, "name='x' is invalid here"),
+])
+def test_metarl_validation_names_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        MetaRL(**kwargs)

@@ -100,9 +100,20 @@ class GaussianPolicy:
         return -0.5 * jnp.sum(jnp.square(z) + 2.0 * log_std + LOG_2PI, axis=-1)
 
     def sample(self, key: jax.Array, params, obs: jax.Array) -> jax.Array:
-        mu = self.mean(params, obs)
-        noise = jax.random.normal(key, mu.shape, mu.dtype)
-        return mu + jnp.exp(params["log_std"]) * noise
+        return self.sample_with_noise(params, obs, self.sample_noise(key, params, obs))
+
+    def sample_noise(self, key: jax.Array, params, obs: jax.Array) -> jax.Array:
+        """The standard normal draw of :meth:`sample`, shaped like the mean action.
+
+        Only shapes are taken from ``params`` and ``obs``, so a rollout can draw the
+        noise of every step before its loop (see :mod:`metarl_jax.rollout`).
+        """
+        mu = jax.eval_shape(self.mean, params, obs)
+        return jax.random.normal(key, mu.shape, mu.dtype)
+
+    def sample_with_noise(self, params, obs: jax.Array, noise: jax.Array) -> jax.Array:
+        """``mu(s) + sigma * noise``: ``sample(key, ...) == sample_with_noise(..., sample_noise(key, ...))``."""
+        return self.mean(params, obs) + jnp.exp(params["log_std"]) * noise
 
     def entropy(self, params, obs: jax.Array) -> jax.Array:
         per_dim = 0.5 * (1.0 + LOG_2PI) + params["log_std"]

@@ -10,6 +10,12 @@ parameters are wrapped in ``stop_gradient`` and learners recompute
 estimators explicit (score-function terms are written out, not implied by
 reparameterisation) and lets log-probs of the whole batch be computed in
 one big matrix product instead of inside the scan.
+
+All randomness of a rollout is drawn before the scan, in one batched call
+per kind (the per-step keys, the environment keys and, for policies with a
+``sample_noise`` method, the action noise): the numbers are exactly those of
+splitting the key inside every step, but the loop body no longer runs
+threefry (a small loop of its own on CPU) three times per step.
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+#: ``unroll`` of the time scan (``True`` unrolls it fully, which lets XLA's cost
+#: analysis count every step: ``experiments.benchmark_speed`` uses that).
+SCAN_UNROLL: int | bool = 1
 
 
 @struct.dataclass
@@ -73,20 +83,30 @@ def rollout(key: jax.Array, env, policy, policy_params, task, num_episodes: int,
     )
     step_env = jax.vmap(env.step_env, in_axes=(0, 0, 0, None))
 
-    def step(carry, key_t):
+    # Per step t: key_t -> (key_action, key_env); key_env -> one key per episode.
+    # Drawn here for all t at once (vmap of the same calls gives the same numbers).
+    step_keys = jax.vmap(jax.random.split)(jax.random.split(key_steps, horizon))  # [T, 2, ...]
+    key_action, key_env = step_keys[:, 0], step_keys[:, 1]
+    env_keys = jax.vmap(lambda k: jax.random.split(k, num_episodes))(key_env)
+    if hasattr(policy, "sample_noise"):  # action noise up front: sample = f(params, obs, noise)
+        action_rng = jax.vmap(lambda k: policy.sample_noise(k, policy_params, obs))(key_action)
+        sample = lambda rng, o: policy.sample_with_noise(policy_params, o, rng)
+    else:
+        action_rng = key_action
+        sample = lambda rng, o: policy.sample(rng, policy_params, o)
+
+    def step(carry, xs):
         obs, state, alive = carry
-        key_action, key_env = jax.random.split(key_t)
-        action = policy.sample(key_action, policy_params, obs)
-        next_obs, next_state, reward, terminated, _ = step_env(
-            jax.random.split(key_env, num_episodes), state, action, task
-        )
+        rng_t, env_keys_t = xs
+        action = sample(rng_t, obs)
+        next_obs, next_state, reward, terminated, _ = step_env(env_keys_t, state, action, task)
         terminated = jnp.asarray(terminated, bool)
         transition = (obs, action, jnp.asarray(reward, jnp.float32), terminated, alive, next_obs)
         return (next_obs, next_state, alive & ~terminated), transition
 
     alive0 = jnp.ones((num_episodes,), bool)
     _, (obs_t, act_t, rew_t, done_t, alive_t, next_obs_t) = jax.lax.scan(
-        step, (obs, state, alive0), jax.random.split(key_steps, horizon)
+        step, (obs, state, alive0), (action_rng, env_keys), unroll=SCAN_UNROLL
     )
     swap = lambda x: jnp.swapaxes(x, 0, 1)  # [T, E, ...] -> [E, T, ...]
     return Trajectory(

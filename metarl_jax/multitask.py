@@ -1,0 +1,155 @@
+"""Multi-task pretraining: the non-meta-learned baseline initialisation.
+
+MAML maximises the expected return *after* adaptation,
+``J_MAML(theta) = E_task E[R(phi_K(theta))]``. The natural baseline trains the same
+parameters on the same task distribution to maximise the expected return
+*without* adaptation,
+
+    J_MT(theta) = E_task E_{tau ~ pi_theta}[ R(tau) ],
+
+i.e. ordinary (multi-task) policy gradient: a meta-iteration with the inner update
+skipped (``phi_K = theta``). Its gradient is estimated by the learner's own outer
+loss on fresh data of ``theta`` itself,
+
+    grad J_MT ~ grad_theta 1/N sum_i outer_loss(theta, tau'_i),  tau'_i ~ pi_theta on task i,
+
+which for :class:`~metarl_jax.learners.PolicyGradientLearner` is the REINFORCE
+surrogate with the learner's baseline, and for the Q-learner the outer objective it
+is configured with (the Boltzmann policy's surrogate for ``outer="return"``, the TD
+loss for ``outer="td"``: multi-task Q-learning). No score term is needed: the data
+are sampled from the parameters being scored, and the surrogate's gradient is the
+likelihood-ratio gradient itself.
+
+The resulting parameters are returned in the layout of
+:func:`metarl_jax.maml.init_meta_params` (``{"policy": theta}``, plus the *untrained*
+Meta-SGD rates when the MAML config learns them), so the same adaptation and
+evaluation code runs on them: adapting from a multi-task initialisation uses the
+config's fixed inner step size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from metarl_jax import checkpoint as ckpt
+from metarl_jax.maml import MAMLConfig, MetaTrainState, init_meta_params
+from metarl_jax.tasks.base import num_tasks_in
+from metarl_jax.train import TrainConfig, make_multi_step, make_optimizer
+
+
+def multitask_loss(learner, params, tasks, key: jax.Array, task_chunk: int | None = None):
+    """``(loss, metrics)``: the learner's outer loss of ``params`` (no adaptation), averaged over tasks.
+
+    ``loss = 1/N sum_i outer_loss(params, tau'_i)`` with ``tau'_i = collect_outer(key_i, params, task_i)``.
+    ``metrics["return"]`` is the mean undiscounted return of those batches (the return of ``params``
+    before any adaptation), ``metrics["per_task_return"]`` its ``[N]`` values.
+    """
+    num_tasks = num_tasks_in(tasks)
+    keys = jax.random.split(key, num_tasks)
+
+    def per_task(task_and_key):
+        task, task_key = task_and_key
+        data = learner.collect_outer(task_key, params, task)
+        return learner.outer_loss(params, data), learner.mean_return(data)
+
+    if task_chunk is None or task_chunk >= num_tasks:
+        task_losses, returns = jax.vmap(per_task)((tasks, keys))
+    else:
+        task_losses, returns = jax.lax.map(per_task, (tasks, keys), batch_size=int(task_chunk))
+    return jnp.mean(task_losses), {"return": jnp.mean(returns), "per_task_return": returns}
+
+
+def init_multitask_state(key: jax.Array, learner, config: MAMLConfig, optimizer) -> MetaTrainState:
+    """Training state whose parameters are exactly MAML's initial ones for the same ``key``.
+
+    The key is split as in :func:`metarl_jax.maml.init_train_state`, so a multi-task run and a
+    MAML run with the same seed start from the same ``theta``. Only ``meta_params["policy"]``
+    is optimised (Meta-SGD rates, if any, keep their initial value).
+    """
+    key_init, key_run = jax.random.split(key)
+    meta_params = init_meta_params(key_init, learner, config)
+    return MetaTrainState(meta_params, optimizer.init(meta_params["policy"]), key_run, jnp.zeros((), jnp.int32))
+
+
+def make_multitask_train_step(
+    learner,
+    optimizer: optax.GradientTransformation,
+    sample_tasks: Callable[[jax.Array], Any],
+    task_chunk: int | None = None,
+):
+    """One multi-task iteration ``state -> (state, metrics)``: sample tasks, fresh data, optimizer step.
+
+    Pure and jittable; the counterpart of :func:`metarl_jax.maml.make_meta_train_step` with the
+    inner update skipped.
+    """
+
+    def step(state: MetaTrainState):
+        key, key_tasks, key_data = jax.random.split(state.key, 3)
+        tasks = sample_tasks(key_tasks)
+        theta = state.meta_params["policy"]
+        (loss, metrics), grads = jax.value_and_grad(
+            lambda p: multitask_loss(learner, p, tasks, key_data, task_chunk), has_aux=True
+        )(theta)
+        updates, opt_state = optimizer.update(grads, state.opt_state, theta)
+        meta_params = dict(state.meta_params, policy=optax.apply_updates(theta, updates))
+        metrics = {"return": metrics["return"], "loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return MetaTrainState(meta_params, opt_state, key, state.step + 1), metrics
+
+    return step
+
+
+def multitask_pretrain(
+    learner,
+    config: MAMLConfig,
+    train_config: TrainConfig,
+    sample_tasks: Callable[[jax.Array], Any],
+    run_dir: str | None = None,
+    *,
+    progress: bool = False,
+) -> tuple[dict, list[dict]]:
+    """Train a multi-task initialisation and return ``(meta_params, history)``.
+
+    Uses ``train_config``'s iterations, meta-batch (``sample_tasks(key)`` returns that many
+    tasks), optimizer (Adam with ``outer_lr``, optional clipping), seed and
+    ``iterations_per_call``; ``config`` gives the parameter layout and ``task_chunk``.
+    Per iteration each task sees one batch of ``num_outer_episodes`` episodes, where a MAML
+    iteration with ``K`` inner steps sees ``K + 1`` batches.
+
+    With ``run_dir``, the final state is checkpointed to ``run_dir/checkpoints`` and a later
+    call resumes from (or, if finished, just loads) the latest checkpoint there.
+    ``history`` holds one ``{"iteration", "return", "loss", "grad_norm", "seconds"}`` per
+    iteration run by this call.
+    """
+    optimizer = make_optimizer(train_config)
+    state = init_multitask_state(jax.random.PRNGKey(train_config.seed), learner, config, optimizer)
+    ckpt_dir = None if run_dir is None else os.path.join(run_dir, "checkpoints")
+    if ckpt_dir is not None:
+        restored = ckpt.restore_latest(ckpt_dir, state)
+        if restored is not None:
+            state = restored[1]
+    step = make_multitask_train_step(learner, optimizer, sample_tasks, config.task_chunk)
+    chunk = int(train_config.iterations_per_call)
+    multi_step = jax.jit(make_multi_step(step, chunk))
+    history: list[dict] = []
+    iteration, total = int(state.step), int(train_config.num_iterations)
+    while iteration < total:
+        t0 = time.perf_counter()
+        state, metrics = multi_step(state)
+        metrics = jax.device_get(metrics)
+        elapsed = time.perf_counter() - t0
+        for j in range(min(chunk, total - iteration)):
+            history.append({"iteration": iteration, **{k: float(np.asarray(v[j])) for k, v in metrics.items()},
+                            "seconds": elapsed / chunk})
+            iteration += 1
+        if progress:
+            print(f"multi-task iteration {iteration}/{total}: return {history[-1]['return']:.4g}", flush=True)
+    if ckpt_dir is not None and history:
+        ckpt.save_checkpoint(ckpt_dir, iteration, state, {"iteration": iteration, "kind": "multitask"}, keep=1)
+    return state.meta_params, history

@@ -43,6 +43,17 @@ meta-iteration (:func:`make_trpo_step`, :func:`make_promp_step`) over
 :class:`maml.MetaTrainState`, so :mod:`metarl_jax.train`'s scan, checkpoints
 and logs apply to them unchanged.
 
+Where this differs from the reference implementations, on purpose or for now:
+
+* the KL is ``KL(old || new)`` as in TRPO's paper; ``pytorch-maml-rl`` constrains
+  ``KL(new || old)``. Both have the same Hessian at ``theta_old`` (so the same
+  natural step); only the line search's acceptance differs, at third order.
+* ProMP's reference code importance-weights the inner LVC step by
+  ``pi_theta / pi_theta_old`` once ``theta`` has moved during the outer steps,
+  and can adapt ``eta`` towards a target KL; here the inner step is the
+  learner's own inner loss on the fixed data (as TRPO's re-adaptation in
+  ``pytorch-maml-rl`` does) and ``eta`` is fixed.
+
 Learner requirements beyond :func:`maml.adapt`'s: ``policy`` (for the closed-form
 KL), ``log_probs(params, traj) -> [E, T]`` and ``advantages(traj) -> [E, T]`` (a
 function of the data only) -- the :class:`learners.PolicyGradientLearner` interface.
@@ -349,7 +360,8 @@ def adapt_on_data(learner, config: MAMLConfig, meta_params: dict, inner_data):
     ``phi_{k+1} = phi_k - alpha * grad L_in(phi_k, tau_k)`` with the data held
     fixed: a differentiable function of ``meta_params`` (``theta`` and, for
     Meta-SGD, ``alpha``), second order through the updates unless
-    ``config.first_order``; the inner gradient is taken as in :func:`maml.adapt`.
+    ``config.first_order``; the inner gradient is taken as in :func:`maml.adapt`
+    (``learner.inner_grad`` hook, ``config.estimator``'s inner loss, ``config.remat``).
     """
     chex.assert_tree_shape_prefix(inner_data, (config.inner_steps,))
     lr = _inner_lr(config, meta_params)
@@ -358,6 +370,8 @@ def adapt_on_data(learner, config: MAMLConfig, meta_params: dict, inner_data):
         _, grads = _inner_gradient(learner, config, phi, data)
         return sgd_inner_update(phi, grads, lr), None
 
+    if getattr(config, "remat", False):  # as maml.adapt: recompute each inner step in the backward pass
+        inner_step = jax.checkpoint(inner_step)
     phi, _ = jax.lax.scan(inner_step, meta_params["policy"], inner_data)
     return phi
 
@@ -425,6 +439,7 @@ def trpo_update(learner, config: MAMLConfig, trpo_config: TRPOConfig, meta_param
     (quadratic model of the KL at the full step: ``delta`` unless ``g = 0``).
     """
     cfg = trpo_config
+    chex.assert_trees_all_equal_shapes(meta_params, batch.old_meta_params)
     surr_kl = lambda mp: trpo_surrogate_and_kl(learner, config, mp, batch)
     (surr0, _), grads = jax.value_and_grad(surr_kl, has_aux=True)(meta_params)
     hvp = kl_hvp(learner, config, meta_params, batch)
@@ -536,6 +551,7 @@ def promp_update(learner, config: MAMLConfig, promp_config: ProMPConfig, meta_pa
     ``post_adaptation_kl``, ``clip_fraction``, ``grad_norm``, each at the start of
     its step) and ``objective_after``, the objective at the returned parameters.
     """
+    chex.assert_trees_all_equal_shapes(meta_params, batch.old_meta_params)
     optimizer = promp_optimizer(promp_config) if optimizer is None else optimizer
     objective = lambda mp: promp_objective(learner, config, promp_config, mp, batch)
 

@@ -20,8 +20,8 @@ from metarl_jax.tasks.base import sample_tasks
 from metarl_jax.tasks.navigation import Navigation2D
 from metarl_jax.tasks.tabular_mdp import TabularMDP
 
-ENV = TabularMDP(num_states=3, num_actions=2, horizon=4)
-POLICY = CategoricalPolicy(num_actions=2, hidden_sizes=(8,), activation="tanh")
+ENV = TabularMDP(num_states=5, num_actions=3, horizon=4)
+POLICY = CategoricalPolicy(num_actions=3, hidden_sizes=(8,), activation="tanh")
 LEARNER = PolicyGradientLearner(
     ENV, POLICY, PGConfig(num_inner_episodes=4, num_outer_episodes=4, horizon=4, gamma=0.95))
 # Plain inner surrogate: autodiff through the adaptation then differentiates the function the values
@@ -108,8 +108,8 @@ def test_meta_batch_reproduces_maml_adapt(tabular, surr_kl):
     """The batch's adapted parameters are maml.adapt's (same keys); on the batch, theta_old gives ratio 1, KL 0."""
     meta_params, tasks, key, batch = tabular
     with jax.enable_x64(True):
-        assert batch.inner_data.obs.shape == (NUM_TASKS, CONFIG.inner_steps, 4, 4, 3)
-        assert batch.outer_data.obs.shape == (NUM_TASKS, 4, 4, 3)
+        assert batch.inner_data.obs.shape == (NUM_TASKS, CONFIG.inner_steps, 4, 4, 5)
+        assert batch.outer_data.obs.shape == (NUM_TASKS, 4, 4, 5)
         assert batch.advantages.shape == batch.old_log_probs.shape == (NUM_TASKS, 4, 4)
         task_key = jax.random.split(key, NUM_TASKS)[1]
         key_inner, _ = jax.random.split(task_key)
@@ -288,5 +288,6 @@ def test_trpo_meta_training_improves_post_adaptation_return_on_navigation():
     diff = after - before
     stderr = diff.std(ddof=1) / np.sqrt(diff.size)
     assert diff.mean() > 5 * stderr, (diff.mean(), stderr)
-    # At least a third of the gap between the initial policy and the optimum is closed.
-    assert diff.mean() > (optimum.mean() - before.mean()) / 3, (before.mean(), after.mean(), optimum.mean())
+    # At least 40% of the gap between the initial policy and the optimum is closed (measured: 60%,
+    # -10.6 -> -4.5 against an optimum of -0.5, the same for three initialisation seeds).
+    assert diff.mean() > 0.4 * (optimum.mean() - before.mean()), (before.mean(), after.mean(), optimum.mean())

@@ -92,7 +92,8 @@ class TaskSelectionBenchmark:
         return MAMLExperimentConfig(
             task="bandit", seed=seed, num_iterations=self.num_iterations, meta_batch=self.meta_batch,
             num_episodes=self.num_episodes, horizon=self.horizon, gamma=1.0, baseline="mean",
-            normalize=self.normalize, inner_lr=self.inner_lr, inner_steps=self.inner_steps, estimator=self.estimator, outer_lr=self.outer_lr,
+            normalize=self.normalize, inner_lr=self.inner_lr, inner_steps=self.inner_steps,
+            estimator=self.estimator, outer_lr=self.outer_lr,
             hidden_sizes=self.hidden_sizes, iterations_per_call=self.iterations_per_call,
             checkpoint_every=self.num_iterations, out_dir=self.out_dir, name=self.name,
         )
@@ -109,7 +110,7 @@ class TaskSelectionBenchmark:
 def _summary(values: list[float]) -> dict:
     values = np.asarray(values, np.float64)
     return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if values.size > 1 else 0.0,
-            "per_seed": values.tolist()}
+            "median": float(np.median(values)), "min": float(values.min()), "per_seed": values.tolist()}
 
 
 def run(bench: TaskSelectionBenchmark, progress: bool = True) -> dict:
@@ -219,10 +220,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     result = run(bench)
-    brief = {name: {k: [round(v["mean"], 3), round(v["sd"], 3)] for k, v in summary.items()}
-             for name, summary in result["summary"].items()}
+    brief = {name: {k: [round(v["mean"], 3), round(v["sd"], 3), round(v["median"], 3), round(v["min"], 3)]
+                    for k, v in summary.items()} for name, summary in result["summary"].items()}
     print(json.dumps({"benchmark": "task_selection", "family": result["family"], "seeds": list(bench.seeds),
-                      "iterations": bench.num_iterations, "summary_mean_sd": brief, "run_dir": result["run_dir"],
+                      "iterations": bench.num_iterations, "summary_mean_sd_median_min": brief,
+                      "run_dir": result["run_dir"],
                       "device": result["device"]}))
     return result
 

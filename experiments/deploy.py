@@ -118,6 +118,7 @@ def plot(family, task, result, payload: dict, out_dir: str) -> list[str]:
     ax.plot(rounds, payload["greedy_returns"], marker="s", linestyle="--", label="mode-policy episode")
     if "optimal_return" in payload:
         ax.axhline(payload["optimal_return"], color="k", linestyle=":", label="exact optimum")
+    ax.set_xticks(rounds)
     ax.set_xlabel("round (one inner update after each)")
     ax.set_ylabel("episode return")
     ax.legend()
@@ -130,6 +131,7 @@ def plot(family, task, result, payload: dict, out_dir: str) -> list[str]:
         fig, ax = plt.subplots(figsize=(6, 4))
         image = ax.imshow(counts.T, aspect="auto", origin="lower", cmap="viridis")
         fig.colorbar(image, ax=ax, label="times taken in the round's batch")
+        ax.set_xticks(np.arange(counts.shape[0]))
         ax.set_xlabel("round")
         ax.set_ylabel("arm" if isinstance(family, BernoulliBandit) else "action")
         if isinstance(family, BernoulliBandit):
@@ -149,7 +151,7 @@ def plot(family, task, result, payload: dict, out_dir: str) -> list[str]:
             ax.plot(xy[:, 0], xy[:, 1], color=color, label=f"round {r}" if r in (0, len(paths) - 1) else None)
         goal = np.asarray(task.goal)
         ax.scatter([goal[0]], [goal[1]], marker="*", s=180, color="red", label="goal", zorder=3)
-        lim = 1.6 * max(family.goal_range, float(np.abs(goal).max()))
+        lim = max(1.6 * family.goal_range, 1.2 * float(np.abs(goal).max()), 1.05 * float(np.abs(paths).max()))
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")

@@ -50,7 +50,7 @@ _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(MAMLExperimentConfig))
 #: Registry names of the library's family classes (the ``task`` recorded in the config).
 _NAMES_BY_CLASS = ((BernoulliBandit, "bandit"), (TabularMDP, "tabular_mdp"), (Navigation2D, "navigation"),
                    (GridMaze, "maze"))
-_RESERVED = ("task", "learner", "outer_lr", "num_iterations", "out_dir", "run_dir", "name")
+_RESERVED = ("task", "outer_lr", "num_iterations", "out_dir", "run_dir", "name")
 
 
 def _positive_int(field: str, value: Any, minimum: int) -> int:
@@ -86,7 +86,7 @@ class MetaRL:
         for name in options:
             if name in _RESERVED:
                 raise ValueError(f"{name}={options[name]!r} is invalid here: MetaRL sets it "
-                                 "(family_or_name, learner, learning_rate, train(num_iterations))")
+                                 "(from family_or_name, learning_rate and train(num_iterations))")
         config_options = {k: v for k, v in options.items() if k in _CONFIG_FIELDS}
         family_options = {k: v for k, v in options.items() if k not in _CONFIG_FIELDS}
         if "horizon" in config_options:

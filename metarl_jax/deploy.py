@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any, NamedTuple
 
 import chex
@@ -207,6 +208,9 @@ def _locate(path: str) -> tuple[str, str]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint={path!r} is invalid: no such file or directory")
     if os.path.isfile(path):
+        if not re.fullmatch(r"step_\d{8,}", os.path.basename(path)):
+            raise ValueError(f"checkpoint={path!r} is invalid: not a checkpoint file (step_<digits>); pass "
+                             "runs/<name>/<timestamp>, its checkpoints/ directory or one checkpoint file")
         return path, os.path.dirname(os.path.dirname(os.path.abspath(path)))
     ckpt_dir = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
     found = ckpt.latest_checkpoint(ckpt_dir)

@@ -21,7 +21,7 @@ from metarl_jax import task_selection as ts
 from metarl_jax.api import MetaRL
 from metarl_jax.deploy import deploy, deploy_batch
 from metarl_jax.experiment import LEARNERS, MAMLExperimentConfig, write_json
-from metarl_jax.maml import init_meta_params
+from metarl_jax.maml import adapt, init_meta_params
 from metarl_jax.tasks import (
     BanditParams,
     BernoulliBandit,
@@ -134,6 +134,13 @@ def test_deploy_improves_over_rounds_against_no_update_control():
     gap = float(np.mean(t * np.asarray(tasks.probs).max(1)) - np.mean(control.returns))  # optimum - control
     assert diff.mean() > 0.3 * gap, (diff.mean(), gap)
     assert diff.mean() > 4 * diff.std(ddof=1) / np.sqrt(diff.size)
+    # deployment is maml.adapt run for R steps, with the statistics recorded on the way
+    cfg = dataclasses.replace(MAML_CONFIG, inner_lr=1.0, inner_steps=8)
+    phi, info = jax.jit(lambda t, k: adapt(LEARNER, cfg, meta_params, t, k))(
+        jax.tree.map(lambda x: x[5], tasks), jax.random.split(jax.random.PRNGKey(2), 64)[5])
+    np.testing.assert_allclose(info.inner_returns, adapted.returns[5], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(phi), jax.tree.leaves(adapted.params)):
+        np.testing.assert_allclose(a, b[5], rtol=1e-5, atol=1e-6)
     best = np.asarray(tasks.probs).argmax(1)
     share = np.asarray(adapted.action_counts)[np.arange(64), :, best] / (e * t)  # pulls of the best arm
     assert share[:, -1].mean() > share[:, 0].mean() + 0.2
@@ -202,7 +209,8 @@ def test_readme_newcomer_example_runs(tmp_path, monkeypatch):
     exec(compile(_readme_example(), "README.md", "exec"), namespace)  # noqa: S102 - our own README
     agent = namespace["agent"]
     assert agent.iterations == 20 and len(namespace["history"]) == 20
-    assert {"iteration", "pre_adaptation_return", "post_adaptation_return", "meta_loss"} <= set(namespace["history"][-1])
+    expected = {"iteration", "pre_adaptation_return", "post_adaptation_return", "meta_loss"}
+    assert expected <= set(namespace["history"][-1])
     action = agent.predict()
     assert action.shape == () and action.dtype == np.int32 and 0 <= int(action) < 3
     restored = MetaRL("bandit", num_arms=3, horizon=10, learning_rate=3e-2, meta_batch=8, num_episodes=8,

@@ -49,18 +49,21 @@ def _compile(fn, *args):
 
 @pytest.fixture(scope="module")
 def tabular():
-    """``(meta_params, tasks, key, batch)`` in float64, sampled once."""
-    with jax.enable_x64(True):
-        meta_params = maml.init_meta_params(jax.random.PRNGKey(0), LEARNER, CONFIG)
+    """``(meta_params, tasks, key, batch)`` in float64, made and sampled by one compiled program."""
+    key = jax.random.PRNGKey(2)
+
+    def setup(key_init):
+        meta_params = maml.init_meta_params(key_init, LEARNER, CONFIG)
         leaves, treedef = jax.tree.flatten(meta_params)
         keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
         # Non-degenerate parameters (the categorical head is zero-initialised), in float64.
         meta_params = jax.tree.unflatten(
             treedef, [0.5 * jax.random.normal(k, x.shape, jnp.float64) for k, x in zip(keys, leaves)])
         tasks = sample_tasks(ENV, jax.random.PRNGKey(1), NUM_TASKS)
-        key = jax.random.PRNGKey(2)
-        sample = lambda mp: outer.sample_meta_batch(LEARNER, CONFIG, mp, tasks, key)
-        batch = _compile(sample, meta_params)(meta_params)
+        return meta_params, tasks, outer.sample_meta_batch(LEARNER, CONFIG, meta_params, tasks, key)
+
+    with jax.enable_x64(True):
+        meta_params, tasks, batch = _compile(setup, jax.random.PRNGKey(0))(jax.random.PRNGKey(0))
     return meta_params, tasks, key, batch
 
 
@@ -263,7 +266,7 @@ def test_trpo_meta_training_improves_post_adaptation_return_on_navigation():
         num_inner_episodes=10, num_outer_episodes=10, horizon=horizon, normalize="step"))
     config = maml.MAMLConfig(inner_steps=1, inner_lr=0.1)
     step = jax.jit(outer.make_trpo_step(learner, config, TRPO, lambda k: sample_tasks(env, k, 10)))
-    init = outer.init_trpo_state(jax.random.PRNGKey(0), learner, config)
+    init = jax.jit(lambda k: outer.init_trpo_state(k, learner, config))(jax.random.PRNGKey(0))
     state, history = init, []
     for _ in range(20):
         state, metrics = step(state)
@@ -273,18 +276,16 @@ def test_trpo_meta_training_improves_post_adaptation_return_on_navigation():
     assert np.mean([m["accepted"] for m in history]) >= 0.9
     assert all(m["surrogate_improvement"] > 0 for m in history if m["accepted"])
 
-    def evaluate(meta_params):
-        rets, optimum = [], []
-        for i in range(5):
-            key = jax.random.PRNGKey(1000 + i)
-            _, m = step(init._replace(meta_params=meta_params, key=key))
-            rets.append(np.asarray(m["per_task_post_adaptation_return"]))
-            tasks = sample_tasks(env, jax.random.split(key, 3)[1], 10)
-            optimum.append(np.asarray(jax.vmap(env.optimal_return)(tasks)))
-        return np.concatenate(rets), np.concatenate(optimum)
+    eval_keys = jax.random.split(jax.random.PRNGKey(1000), 5)
 
-    before, optimum = evaluate(init.meta_params)
-    after, _ = evaluate(state.meta_params)
+    def evaluate(meta_params):
+        return np.concatenate([np.asarray(step(init._replace(meta_params=meta_params, key=key))[1][
+            "per_task_post_adaptation_return"]) for key in eval_keys])
+
+    # The step samples its tasks with split(key, 3)[1].
+    optimum = np.asarray(jax.jit(jax.vmap(lambda key: jax.vmap(env.optimal_return)(
+        sample_tasks(env, jax.random.split(key, 3)[1], 10))))(eval_keys)).ravel()
+    before, after = evaluate(init.meta_params), evaluate(state.meta_params)
     diff = after - before
     stderr = diff.std(ddof=1) / np.sqrt(diff.size)
     assert diff.mean() > 5 * stderr, (diff.mean(), stderr)

@@ -79,6 +79,8 @@ class MAMLExperimentConfig:
     """Q-learning: outer objective ('td' loss of the adapted Q, or 'return' of its Boltzmann policy)"""
     maze_size: int = 5
     """maze: side length of the open grid"""
+    num_arms: int = 2
+    """bandit: number of arms"""
     eval_tasks: int = 100
     """held-out tasks for the adaptation curve"""
     eval_steps: int = 3
@@ -98,6 +100,8 @@ class MAMLExperimentConfig:
         _require(int(self.eval_tasks) >= 2, "eval_tasks", self.eval_tasks, "must be an integer >= 2")
         _require(int(self.eval_steps) >= 1, "eval_steps", self.eval_steps, "must be an integer >= 1")
         _require(int(self.num_episodes) >= 1, "num_episodes", self.num_episodes, "must be an integer >= 1")
+        _require(int(self.num_arms) >= 2, "num_arms", self.num_arms, "must be an integer >= 2")
+        _require(int(self.maze_size) >= 2, "maze_size", self.maze_size, "must be an integer >= 2")
         # Building the sub-configs validates every remaining field with its own message.
         self.pg_config()
         if self.learner == "ac":
@@ -173,7 +177,7 @@ LEARNERS: dict[str, Callable[[MAMLExperimentConfig, Any], Any]] = {"pg": _build_
 
 def build(config: MAMLExperimentConfig):
     """``(family, learner, maml_config, train_config)`` for an experiment config."""
-    kwargs = {"size": config.maze_size} if config.task == "maze" else {}
+    kwargs = {"maze": {"size": config.maze_size}, "bandit": {"num_arms": config.num_arms}}.get(config.task, {})
     family = make_family(config.task, horizon=config.horizon, **kwargs)
     learner = LEARNERS[config.learner](config, family)
     return family, learner, config.maml_config(), config.train_config()

@@ -16,8 +16,10 @@ Estimators ``dice`` (unbiased), ``lvc`` (ProMP), ``naive`` (plain surrogate, bia
    one jitted call (``lax.map`` over the keys in vmapped chunks of ``--grad-key-chunk``).
    With ``g_1..g_G`` the flattened gradients and ``g_bar`` their mean: ``var_trace =
    sum_j Var_G(g_j)`` (ddof 1), ``mean_norm = |g_bar|``, ``ratio = var_trace / |g_bar|^2``
-   (noise-to-signal; note ``E|g_bar|^2 = |E g|^2 + var_trace / G``) and the cosine between
-   each estimator's ``g_bar`` and DiCE's (the unbiased direction).
+   (noise-to-signal), ``mean_standard_error = sqrt(var_trace / G)`` and, since
+   ``E|g_bar|^2 = |E g|^2 + var_trace / G``, ``mean_norm_debiased = sqrt(|g_bar|^2 - var_trace / G)``;
+   and the cosine between each estimator's ``g_bar`` and DiCE's (the unbiased direction, itself
+   only known up to DiCE's standard error).
 
 Writes ``<out-dir>/benchmark_estimators.json``, ``estimators_learning_curves.png`` (mean
 over seeds with a min-max band per estimator) and ``benchmark_estimators.md``.
@@ -215,6 +217,9 @@ def run(bench: EstimatorBenchmarkConfig) -> dict:
             var_trace, mean_norm = float(var_trace), float(mean_norm)
             results[estimator]["gradient"][point] = {
                 "var_trace": var_trace, "mean_norm": mean_norm, "ratio": var_trace / max(mean_norm**2, 1e-30),
+                # E|g_bar|^2 = |E g|^2 + var_trace / G: the standard error of g_bar and a debiased |E g|.
+                "mean_standard_error": (var_trace / bench.grad_keys) ** 0.5,
+                "mean_norm_debiased": max(mean_norm**2 - var_trace / bench.grad_keys, 0.0) ** 0.5,
                 "seconds": round(time.perf_counter() - t0, 2),
             }
         print(f"  [{estimator}] gradient statistics {results[estimator]['gradient']}", flush=True)

@@ -120,7 +120,9 @@ def multitask_pretrain(
     tasks), optimizer (Adam with ``outer_lr``, optional clipping), seed and
     ``iterations_per_call``; ``config`` gives the parameter layout and ``task_chunk``.
     Per iteration each task sees one batch of ``num_outer_episodes`` episodes, where a MAML
-    iteration with ``K`` inner steps sees ``K + 1`` batches.
+    iteration with ``K`` inner steps sees ``K + 1`` batches. As in :func:`metarl_jax.train.meta_train`,
+    the compiled unit is a scan of ``iterations_per_call`` iterations, so the parameters have seen
+    ``num_iterations`` rounded up to a whole number of calls.
 
     With ``run_dir``, the final state is checkpointed to ``run_dir/checkpoints`` and a later
     call resumes from (or, if finished, just loads) the latest checkpoint there.

@@ -156,8 +156,13 @@ def meta_train(
         learner, maml_config, optimizer, sample_tasks, inner_optimizer,
         skip_nonfinite=train_config.on_nonfinite == "skip",
     )
-    chunk = int(train_config.iterations_per_call)
-    multi_step = jax.jit(make_multi_step(step_fn, chunk))
+    compiled: dict[int, Callable] = {}
+
+    def multi_step_of(length: int) -> Callable:
+        """A jitted scan of ``length`` meta-iterations (compiled once per distinct length)."""
+        if length not in compiled:
+            compiled[length] = jax.jit(make_multi_step(step_fn, length))
+        return compiled[length]
 
     metrics_path = ckpt_dir = None
     if run_dir is not None:
@@ -176,14 +181,12 @@ def meta_train(
     bar = tqdm(total=total, initial=start, desc="meta-iterations", disable=not progress, dynamic_ncols=True)
     last_saved = start
     iteration = start
-    t_compile = None
     while iteration < end:
+        chunk = min(int(train_config.iterations_per_call), end - iteration)  # never run past the end
         t0 = time.perf_counter()
-        new_state, metrics = multi_step(state)
+        new_state, metrics = multi_step_of(chunk)(state)
         metrics = jax.device_get(metrics)
         elapsed = time.perf_counter() - t0
-        if t_compile is None:
-            t_compile = elapsed
         finite = np.asarray(metrics["grad_finite"])
         if train_config.on_nonfinite == "stop" and not finite.all():
             bad = iteration + int(np.argmin(finite))

@@ -46,6 +46,14 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert _strip(resumed) == _strip(full)
 
 
+def test_iteration_count_not_a_multiple_of_the_chunk_is_exact():
+    learner, maml_config, train_config, sample = _setup()
+    odd = dataclasses.replace(train_config, num_iterations=5)  # chunks of 2: 2 + 2 + 1
+    state, history = meta_train(learner, maml_config, odd, sample, progress=False)
+    assert int(state.step) == 5
+    assert [h["iteration"] for h in history] == [0, 1, 2, 3, 4]
+
+
 def test_same_seed_same_metrics_and_different_seed_differs():
     learner, maml_config, train_config, sample = _setup()
     _, a = meta_train(learner, maml_config, train_config, sample, progress=False)

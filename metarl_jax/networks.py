@@ -31,8 +31,18 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def _rows(x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
+    """``[..., D] -> ([N, D], leading shape)``.
+
+    Networks run on one row axis: the weight gradient of a layer applied to
+    ``[E, T, D]`` contracts two axes, which XLA:CPU lowers by transposing the
+    whole activation first; on ``[E*T, D]`` it is a plain matrix product.
+    """
+    return x.reshape((-1, x.shape[-1])), x.shape[:-1]
+
+
 class MLP(nn.Module):
-    """``x -> act(W_1 x + b_1) -> ... -> W_L h + b_L`` with a linear output layer."""
+    """``x -> act(W_1 x + b_1) -> ... -> W_L h + b_L`` with a linear output layer (any leading shape)."""
 
     hidden_sizes: Sequence[int]
     out_dim: int
@@ -42,10 +52,12 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
+        x, lead = _rows(x)
         for size in self.hidden_sizes:
             x = act(nn.Dense(size)(x))
         out_init = nn.initializers.zeros if self.zero_init_output else nn.initializers.lecun_normal()
-        return nn.Dense(self.out_dim, kernel_init=out_init)(x)
+        out = nn.Dense(self.out_dim, kernel_init=out_init)(x)
+        return out.reshape(lead + (self.out_dim,))
 
 
 def _check_activation(activation: str) -> None:
@@ -201,7 +213,8 @@ class TabularPolicy(_CategoricalMixin):
         return {"logits": jnp.zeros((self.num_states, self.num_actions), jnp.float32)}
 
     def logits(self, params, obs: jax.Array) -> jax.Array:
-        return obs @ params["logits"]
+        rows, lead = _rows(obs)
+        return (rows @ params["logits"]).reshape(lead + (self.num_actions,))
 
 
 def make_policy_for(family, params=None, *, hidden_sizes=None, activation=None, tabular=False, **kwargs):

@@ -15,10 +15,10 @@ def plot_learning_curve(history: list[dict], path: str, title: str = "meta-train
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, label in [("pre_adaptation_return", "before adaptation"), ("post_adaptation_return", "after adaptation")]:
         y = np.array([h[name] for h in history])
-        ax.plot(it, y, alpha=0.35)
         k = max(1, len(y) // 20)
         smooth = np.convolve(y, np.ones(k) / k, mode="valid")
-        ax.plot(it[k - 1:], smooth, label=f"{label} (moving mean {k})")
+        (line,) = ax.plot(it[k - 1:], smooth, label=f"{label} (moving mean of {k})")
+        ax.plot(it, y, alpha=0.3, color=line.get_color())
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel("mean episode return (training tasks)")
     ax.set_title(title)

@@ -39,8 +39,8 @@ Usage::
     python -m experiments.benchmark_speed --meta-batch 20 --order 2 --iters 20 --compare-torch
     python -m experiments.benchmark_speed --sweep --order 2 --budget-s 60
 
-The learner registry (``LEARNERS``) maps a name to a builder; only ``"pg"`` exists
-today, ``"ac"`` and ``"q"`` plug in the same way.
+The learner registry (``LEARNERS``) maps a name to a builder: ``"pg"``, ``"ac"`` (actor-critic) and
+``"q"`` (Q-learning; discrete-action tasks only).
 """
 
 from __future__ import annotations
@@ -103,8 +103,34 @@ def build_pg(task: str, order: int, task_chunk: int | None) -> Bench:
                  pg.num_inner_episodes + pg.num_outer_episodes, pg.horizon)
 
 
-#: name -> builder(task, order, task_chunk) -> Bench. Add "ac" and "q" here.
-LEARNERS: dict[str, Callable[[str, int, int | None], Bench]] = {"pg": build_pg}
+def build_ac(task: str, order: int, task_chunk: int | None) -> Bench:
+    """Actor-critic inner learner: separate actor and critic MLPs, GAE(0.95), both adapted."""
+    from metarl_jax.actor_critic import ACConfig, ActorCriticLearner
+
+    family = make_family(task, **TASKS[task])
+    policy = make_policy_for(family, hidden_sizes=HIDDEN, activation="relu")
+    ac = ACConfig(num_inner_episodes=EPISODES, num_outer_episodes=EPISODES, horizon=HORIZON, gamma=GAMMA,
+                  normalize="step")
+    estimator = "dice" if order == 2 else "first_order"
+    maml = MAMLConfig(inner_steps=1, inner_lr=INNER_LR, estimator=estimator, task_chunk=task_chunk)
+    return Bench(ActorCriticLearner(family, policy, ac, critic_hidden_sizes=HIDDEN), family, maml,
+                 ac.num_inner_episodes + ac.num_outer_episodes, ac.horizon)
+
+
+def build_q(task: str, order: int, task_chunk: int | None) -> Bench:
+    """Q-learning inner learner: MLP Q-network, Boltzmann behaviour, TD outer loss (discrete actions only)."""
+    from metarl_jax.q_learning import QConfig, QLearner, q_network_for
+
+    family = make_family(task, **TASKS[task])
+    network = q_network_for(family, hidden_sizes=HIDDEN)  # raises a clear error for continuous actions
+    q = QConfig(num_inner_episodes=EPISODES, num_outer_episodes=EPISODES, horizon=HORIZON, gamma=GAMMA)
+    estimator = "dice" if order == 2 else "first_order"
+    maml = MAMLConfig(inner_steps=1, inner_lr=INNER_LR, estimator=estimator, task_chunk=task_chunk)
+    return Bench(QLearner(family, network, q), family, maml, q.num_inner_episodes + q.num_outer_episodes, q.horizon)
+
+
+#: name -> builder(task, order, task_chunk) -> Bench.
+LEARNERS: dict[str, Callable[[str, int, int | None], Bench]] = {"pg": build_pg, "ac": build_ac, "q": build_q}
 
 
 # ----------------------------------------------------------------------------- machine

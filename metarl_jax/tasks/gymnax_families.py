@@ -254,7 +254,7 @@ class RandomizedParams(TaskFamily):
             low = jnp.broadcast_to(jnp.asarray(space.low, jnp.float32), space.shape).reshape(size)
             high = jnp.broadcast_to(jnp.asarray(space.high, jnp.float32), space.shape).reshape(size)
             return spaces.Box(low, high, (size,), jnp.float32)
-        raise NotImplementedError(
+        raise ValueError(
             f"{type(self.env).__name__} has a {type(space).__name__} observation space; "
             "only Box and Discrete can be made flat vectors"
         )

@@ -59,10 +59,14 @@ class MAMLConfig:
       estimator: ``"dice"`` | ``"lvc"`` | ``"naive"`` | ``"first_order"``.
       score_baseline: baseline of the DiCE score term: ``"leave_one_out"`` (mean
         return of the other tasks in the meta-batch) or ``"none"``.
-      task_chunk: execution only (results are identical): ``None`` vmaps all tasks
-        at once; an integer ``c`` runs ``lax.map`` over chunks of ``c`` vmapped tasks.
-        On a CPU, chunks whose activations fit in cache are much faster than one
-        huge batch; on a GPU, vmap everything.
+      task_chunk: execution only (results equal up to float rounding): ``None`` vmaps
+        all tasks at once; an integer ``c`` splits them into chunks of ``c`` vmapped
+        tasks, run one after the other: unrolled in the program when there are at most
+        ``TASK_CHUNK_UNROLL_LIMIT`` chunks (more compile time, no per-chunk copies), else
+        by ``lax.map`` (which stacks every chunk's residuals for the backward pass and
+        pays for it). On a CPU a few chunks beat one huge batch (second-order
+        navigation, 2 cores: 100 tasks in 4 chunks 0.92 s vs 1.18 s vmapped, 20 tasks in
+        4 chunks about 10% faster); on a GPU, vmap everything.
       remat: rematerialise each inner step in the backward pass (``jax.checkpoint``):
         memory of the K-step adaptation stops growing with K's activations, at the
         price of recomputing each inner step's forward pass. Results are identical.
@@ -202,6 +206,27 @@ def score_baseline_values(values: jax.Array, kind: str) -> jax.Array:
     return jnp.zeros_like(values)
 
 
+#: ``task_chunk`` splits into at most this many chunks are unrolled; more use ``lax.map``.
+TASK_CHUNK_UNROLL_LIMIT = 8
+
+
+def map_tasks(fn: Callable, xs, num_tasks: int, task_chunk: int | None):
+    """``fn`` over the leading (task) axis of the pytree ``xs``, per ``MAMLConfig.task_chunk``.
+
+    ``None`` (or a chunk >= ``num_tasks``): one ``vmap``. Otherwise chunks of
+    ``task_chunk`` tasks, each vmapped: a Python loop (separate buffers per chunk)
+    up to ``TASK_CHUNK_UNROLL_LIMIT`` chunks, ``lax.map`` beyond.
+    """
+    if task_chunk is None or task_chunk >= num_tasks:
+        return jax.vmap(fn)(xs)
+    chunk = int(task_chunk)
+    starts = range(0, num_tasks, chunk)
+    if len(starts) > TASK_CHUNK_UNROLL_LIMIT:
+        return jax.lax.map(fn, xs, batch_size=chunk)
+    outs = [jax.vmap(fn)(jax.tree.map(lambda x, s=s: x[s:s + chunk], xs)) for s in starts]
+    return jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=0), *outs)
+
+
 def meta_loss(learner, config: MAMLConfig, meta_params, tasks, key, inner_optimizer=None):
     """The meta-loss over a batch of tasks (leading axis ``N``) and its metrics.
 
@@ -215,10 +240,7 @@ def meta_loss(learner, config: MAMLConfig, meta_params, tasks, key, inner_optimi
         task, task_key = task_and_key
         return task_meta_objective(learner, config, meta_params, task, task_key, inner_optimizer)
 
-    if config.task_chunk is None or config.task_chunk >= num_tasks:
-        outputs = jax.vmap(per_task)((tasks, keys))
-    else:
-        outputs = jax.lax.map(per_task, (tasks, keys), batch_size=int(config.task_chunk))
+    outputs = map_tasks(per_task, (tasks, keys), num_tasks, config.task_chunk)
     outer_losses, log_prob_sums, values, metrics = outputs
     chex.assert_shape(outer_losses, (num_tasks,))
     per_task_loss = outer_losses

@@ -11,6 +11,10 @@ functions that :mod:`metarl_jax.maml` composes into ``adapt`` and the meta-loss:
   sampled actions (the part of the data density that depends on ``params``); the
   DiCE meta-gradient multiplies it into the outer objective once.
 * ``outer_loss(params, data) -> loss``: what the meta-gradient descends after adaptation.
+* optional ``inner_grad_and_log_prob(params, data, estimator) -> (loss, grads, log_prob_sum)``:
+  the inner loss, its gradient and ``log_prob_of_data`` from *one* forward pass of the
+  model (what ``"dice"`` needs at every inner step); :func:`metarl_jax.maml.adapt` uses
+  it when present instead of three separate passes.
 * ``objective_estimate(data) -> scalar``: an unbiased estimate of the expected
   post-adaptation objective whose gradient the outer loss estimates (the mean
   discounted return for policy-gradient learners); weighs the DiCE score term.
@@ -124,14 +128,32 @@ class PolicyGradientLearner:
             return traj.num_episodes / jnp.maximum(jnp.sum(traj.mask), 1.0)
         return jnp.ones((), traj.reward.dtype)
 
-    def inner_loss(self, params, traj: Trajectory, estimator: str = "dice") -> jax.Array:
-        """Minus the plain surrogate (``"lvc"``: minus the LVC surrogate)."""
-        logp = self.log_probs(params, traj)
+    def inner_loss_of_log_probs(self, logp: jax.Array, traj: Trajectory, estimator: str = "dice") -> jax.Array:
+        """The inner loss as a function of ``logp = log pi(a|s)`` of the batch ``[E, T]``: ``[]``."""
         surrogate = losses.lvc_surrogate if estimator == "lvc" else losses.policy_gradient_surrogate
         return -surrogate(logp, self.advantages(traj), traj.mask) * self._scale(traj)
 
+    def inner_loss(self, params, traj: Trajectory, estimator: str = "dice") -> jax.Array:
+        """Minus the plain surrogate (``"lvc"``: minus the LVC surrogate)."""
+        return self.inner_loss_of_log_probs(self.log_probs(params, traj), traj, estimator)
+
     def log_prob_of_data(self, params, traj: Trajectory) -> jax.Array:
         return jnp.sum(self.log_probs(params, traj) * traj.mask)
+
+    def inner_grad_and_log_prob(self, params, traj: Trajectory, estimator: str = "dice"):
+        """``(L_in, grad L_in, sum log pi)`` from one forward pass of the policy.
+
+        ``logp, pullback = vjp(log_probs)``; ``grad L_in = pullback(dL_in/dlogp)`` (the
+        chain rule, exactly the gradient of :meth:`inner_loss`) and the DiCE score sum
+        is ``sum(logp * mask)`` (exactly :meth:`log_prob_of_data`). Every output stays
+        differentiable in ``params`` to any order, so the meta-gradient through it is
+        that of the three separate calls, with one forward pass and one backward
+        pass of the network less in the second-order program.
+        """
+        logp, pullback = jax.vjp(lambda p: self.log_probs(p, traj), params)
+        loss, dloss_dlogp = jax.value_and_grad(self.inner_loss_of_log_probs)(logp, traj, estimator)
+        (grads,) = pullback(dloss_dlogp)
+        return loss, grads, jnp.sum(logp * traj.mask)
 
     def outer_loss(self, params, traj: Trajectory) -> jax.Array:
         logp = self.log_probs(params, traj)
@@ -175,7 +197,7 @@ class CustomLossLearner:
     outer: object = None
 
     def __getattr__(self, name):
-        if name == "inner_grad" and self.inner is not None:
+        if name in ("inner_grad", "inner_grad_and_log_prob") and self.inner is not None:
             # A base learner's hand-written inner gradient does not know the new loss.
             raise AttributeError(name)
         return getattr(self.base, name)

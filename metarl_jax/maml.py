@@ -138,8 +138,10 @@ def adapt(
     ``phi <- phi + updates`` from that optimizer instead of SGD with ``inner_lr``.
     Gradients flow through the update unless ``config.first_order``.
 
-    The inner gradient is ``jax.value_and_grad(learner.inner_loss)(phi, data, estimator)``,
-    or ``learner.inner_grad(phi, data, estimator) -> (loss, grads)`` when the learner
+    The inner gradient is ``jax.value_and_grad(learner.inner_loss)(phi, data, estimator)``;
+    with ``"dice"``, ``learner.inner_grad_and_log_prob`` when the learner defines it
+    (gradient and score term from one forward pass; same values and derivatives),
+    else ``learner.inner_grad(phi, data, estimator) -> (loss, grads)`` when the learner
     defines that optional hook: a learner whose inner loss has targets computed
     from ``phi`` itself (a critic's advantages, bootstrapped value targets) uses it
     to hold them constant in the inner gradient while the derivative of the
@@ -153,7 +155,11 @@ def adapt(
     def inner_step(carry, step_key):
         phi, opt_state, log_prob_sum = carry
         data = learner.collect(step_key, phi, task)
-        if hasattr(learner, "inner_grad"):  # learners whose inner targets depend on phi (actor-critic)
+        step_log_prob = None
+        if config.estimator == "dice" and hasattr(learner, "inner_grad_and_log_prob"):
+            # One forward pass serves the inner gradient and the DiCE score term.
+            loss, grads, step_log_prob = learner.inner_grad_and_log_prob(phi, data, config.estimator)
+        elif hasattr(learner, "inner_grad"):  # learners whose inner targets depend on phi (actor-critic)
             loss, grads = learner.inner_grad(phi, data, config.estimator)
         else:
             loss, grads = jax.value_and_grad(learner.inner_loss)(phi, data, config.estimator)
@@ -165,7 +171,9 @@ def adapt(
             updates, opt_state = inner_optimizer.update(grads, opt_state, phi)
             new_phi = optax.apply_updates(phi, updates)
         if config.estimator == "dice":
-            log_prob_sum = log_prob_sum + learner.log_prob_of_data(phi, data)
+            if step_log_prob is None:
+                step_log_prob = learner.log_prob_of_data(phi, data)
+            log_prob_sum = log_prob_sum + step_log_prob
         return (new_phi, opt_state, log_prob_sum), (learner.mean_return(data), loss)
 
     if config.remat:

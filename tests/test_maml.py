@@ -133,3 +133,39 @@ def test_remat_gives_identical_meta_gradients():
     _, g2, _ = jax.jit(make_meta_gradient(LEARNER, remat))(meta_params, tasks, jax.random.PRNGKey(9))
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_shared_forward_dice_equals_separate_passes(inner_steps):
+    """``inner_grad_and_log_prob`` (one forward pass) gives the meta-gradient of the three separate passes.
+
+    Hiding the hook behind a ``CustomLossLearner`` whose inner loss is the base one makes
+    :func:`adapt` take ``value_and_grad(inner_loss)`` and ``log_prob_of_data`` separately.
+    Float64, so agreement is to rounding; the meta-loss *Hessian-vector product* is
+    compared too (one order more than the meta-gradient) because the hook must stay
+    differentiable to any order.
+    """
+    from metarl_jax.learners import CustomLossLearner
+
+    separate = CustomLossLearner(LEARNER, inner=lambda base, p, d, e: base.inner_loss(p, d, e))
+    assert hasattr(LEARNER, "inner_grad_and_log_prob") and not hasattr(separate, "inner_grad_and_log_prob")
+    with jax.enable_x64(True):
+        config = MAMLConfig(inner_steps=inner_steps, inner_lr=0.7, estimator="dice")
+        meta_params = _random_init(jax.random.PRNGKey(5), init_meta_params(jax.random.PRNGKey(0), LEARNER, config))
+        meta_params = jax.tree.map(lambda x: x.astype(jnp.float64), meta_params)
+        tasks = sample_tasks(ENV, jax.random.PRNGKey(1), 3)
+        key = jax.random.PRNGKey(6)
+        flat, unravel = jax.flatten_util.ravel_pytree(meta_params)
+        direction = jax.random.normal(jax.random.PRNGKey(7), flat.shape, jnp.float64)
+
+        def grad_and_hvp(learner):
+            loss = lambda x: make_meta_loss(learner, config)(unravel(x), tasks, key)[0]
+            return jax.jit(lambda x: jax.jvp(jax.grad(loss), (x,), (direction,)))(flat)
+
+        (g_shared, hv_shared), (g_sep, hv_sep) = grad_and_hvp(LEARNER), grad_and_hvp(separate)
+        np.testing.assert_allclose(np.asarray(g_shared), np.asarray(g_sep), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(hv_shared), np.asarray(hv_sep), rtol=1e-9, atol=1e-11)
+        # The score term is in both: without it (naive) the gradient is different.
+        naive = MAMLConfig(inner_steps=inner_steps, inner_lr=0.7, estimator="naive")
+        g_naive = jax.jit(jax.grad(lambda x: make_meta_loss(LEARNER, naive)(unravel(x), tasks, key)[0]))(flat)
+        assert float(jnp.max(jnp.abs(g_naive - g_shared))) > 1e-3

@@ -72,19 +72,27 @@ class Navigation2D(TaskFamily):
     def step_env(
         self, key: jax.Array, state: NavigationState, action: jax.Array, params: NavigationParams
     ) -> tuple[jax.Array, NavigationState, jax.Array, jax.Array, dict[str, Any]]:
-        """Move by the clipped velocity; reward = -||position' - goal||."""
+        """Move by the clipped velocity; reward = -||position' - goal||.
+
+        The position keeps its dtype (set by :meth:`reset_env`): a float64 action
+        does not promote a float32 state, so the state is a fixed-dtype loop carry.
+        """
         del key
         velocity = jnp.clip(action, -self.max_speed, self.max_speed)
-        position = state.position + velocity
+        position = (state.position + velocity).astype(state.position.dtype)
         reward = -jnp.sqrt(jnp.sum(jnp.square(position - params.goal)))
         state = NavigationState(position=position, time=state.time + 1)
         terminated = jnp.zeros((), dtype=bool)
         return position, state, reward, terminated, {}
 
     def reset_env(self, key: jax.Array, params: NavigationParams):
-        """Start at the origin (deterministic; the goal comes from ``params``)."""
+        """Start at the origin (deterministic; the goal comes from ``params``).
+
+        The position has the goal's floating dtype (float32 for float32 or integer
+        goals, float64 for a float64 goal under ``jax_enable_x64``).
+        """
         del key
-        position = jnp.zeros(2, dtype=jnp.float32)
+        position = jnp.zeros(2, dtype=jnp.promote_types(jnp.result_type(params.goal), jnp.float32))
         return position, NavigationState(position=position, time=0)
 
     def get_obs(self, state: NavigationState, params=None, key=None) -> jax.Array:

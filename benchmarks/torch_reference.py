@@ -51,6 +51,8 @@ import sys
 import time
 from typing import Any, NamedTuple
 
+from metarl_jax.benchmarking import cpu_model  # no jax import: torch-only use stays possible
+
 IMPL_NAME = "torch-task-loop"
 PARAM_NAMES = ("w0", "b0", "w1", "b1", "w2", "b2", "log_std")
 
@@ -374,20 +376,6 @@ class MetaLearner:
 # -------------------------------------------------------------------------- benchmark
 
 
-def cpu_model_name() -> str:
-    """The ``model name`` from ``/proc/cpuinfo`` (or ``platform.processor()``)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
-
-
 def run_benchmark(meta_batch: int, order: int, iters: int, warmup: int, seed: int,
                   threads: int | None = None, config: Config = Config()) -> dict:
     """Time ``warmup + iters`` meta-iterations; return the benchmark record.
@@ -436,7 +424,7 @@ def run_benchmark(meta_batch: int, order: int, iters: int, warmup: int, seed: in
         "median_s_per_iter": median,
         "min_s_per_iter": min(timed),
         "env_steps_per_s": meta_batch * 2 * config.episodes * config.horizon / median,
-        "device": f"{cpu_model_name()}, {n_threads} threads",
+        "device": f"{cpu_model()}, {n_threads} threads",
         "torch_version": torch.__version__,
     }
 

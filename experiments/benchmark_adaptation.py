@@ -48,6 +48,7 @@ from experiments.maml_navigation import NavigationConfig
 from experiments.maml_tabular_mdp import TabularMDPConfig
 from metarl_jax import checkpoint as ckpt
 from metarl_jax import evaluation, plotting
+from metarl_jax.benchmarking import cpu_model, jax_device_name
 from metarl_jax.experiment import MAMLExperimentConfig, build, write_json
 from metarl_jax.maml import init_meta_params
 from metarl_jax.multitask import multitask_pretrain
@@ -116,32 +117,21 @@ class AdaptationBenchmarkConfig:
 # ----------------------------------------------------------------------------- machine
 
 
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (or the platform's processor string)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def machine_info() -> dict[str, Any]:
     """Device, host CPU, core count, load average and versions, for the record."""
-    dev = jax.devices()[0]
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = []
-    return {"device": f"{dev.device_kind} ({dev.platform})", "cpu": cpu_model(), "cores": os.cpu_count(),
+    return {"device": jax_device_name(), "cpu": cpu_model(), "cores": os.cpu_count(),
             "load_average": load, "jax": jax.__version__, "python": platform.python_version()}
 
 
 def device_name() -> str:
-    dev = jax.devices()[0]
-    return f"{dev.device_kind} ({dev.platform})" if dev.platform != "cpu" else f"CPU: {cpu_model()}, {os.cpu_count()} cores"
+    """The device for a table caption: the JAX device, or on a CPU its model and core count."""
+    if jax.devices()[0].platform != "cpu":
+        return jax_device_name()
+    return f"CPU: {cpu_model()}, {os.cpu_count()} cores"
 
 
 # ----------------------------------------------------------------------------- one pair

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import jax
 import numpy as np
 
+from metarl_jax.benchmarking import cpu_model
 from metarl_jax.learners import PGConfig, PolicyGradientLearner
 from metarl_jax.maml import MAMLConfig, init_meta_params, make_meta_gradient
 from metarl_jax.networks import GaussianPolicy
@@ -25,13 +25,7 @@ from metarl_jax.tasks import Navigation2D, sample_tasks
 
 def _device_name() -> str:
     device = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{device.platform}:{device.device_kind} ({cpu})"
+    return f"{device.platform}:{device.device_kind} ({cpu_model()})"
 
 
 def measure(inner_steps: int, remat: bool, meta_batch: int, episodes: int, horizon: int, iters: int) -> dict:

@@ -49,7 +49,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -59,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metarl_jax.benchmarking import device_description
 from metarl_jax.learners import PGConfig, PolicyGradientLearner
 from metarl_jax.maml import MAMLConfig, init_train_state, make_meta_train_step
 from metarl_jax.networks import make_policy_for
@@ -134,22 +134,6 @@ LEARNERS: dict[str, Callable[[str, int, int | None], Bench]] = {"pg": build_pg, 
 
 
 # ----------------------------------------------------------------------------- machine
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def device_description() -> str:
-    dev = jax.devices()[0]
-    return f"{dev.device_kind} ({dev.platform}); host {cpu_model()}, {os.cpu_count()} cores"
 
 
 def load_average() -> list[float]:

@@ -40,8 +40,9 @@ outer data, ``A`` the outer advantages (``learner.advantages(tau')``, constants)
 
 Both are one pure, jittable ``state -> (state, metrics)`` function per
 meta-iteration (:func:`make_trpo_step`, :func:`make_promp_step`) over
-:class:`maml.MetaTrainState`, so :mod:`metarl_jax.train`'s scan, checkpoints
-and logs apply to them unchanged.
+:class:`maml.MetaTrainState`, with ``metrics["grad_finite"]`` as MAML's step
+reports it, so :mod:`metarl_jax.train`'s loop (scan, ``metrics.jsonl``,
+checkpoints, resume, non-finite policy) runs them: :func:`metarl_jax.train.meta_train_outer`.
 
 Where this differs from the reference implementations, on purpose or for now:
 
@@ -201,6 +202,11 @@ def kl_divergence(policy, params_old, params_new, obs: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------- conjugate gradient
+
+
+def _all_finite(tree) -> jax.Array:
+    """``True`` iff every entry of every leaf of ``tree`` is finite (a scalar bool)."""
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def _vdot(a, b) -> jax.Array:
@@ -436,7 +442,8 @@ def trpo_update(learner, config: MAMLConfig, trpo_config: TRPOConfig, meta_param
     step, 0 if none), ``surrogate_before``/``surrogate_after``/``surrogate_improvement``,
     ``step_fraction`` (``beta^j`` accepted, 0 if none), ``accepted``,
     ``line_search_steps``, ``grad_norm``, ``natural_step_norm``, ``predicted_kl``
-    (quadratic model of the KL at the full step: ``delta`` unless ``g = 0``).
+    (quadratic model of the KL at the full step: ``delta`` unless ``g = 0``),
+    ``grad_finite`` (every entry of ``g`` is finite; if not, no step is accepted).
     """
     cfg = trpo_config
     chex.assert_trees_all_equal_shapes(meta_params, batch.old_meta_params)
@@ -476,6 +483,7 @@ def trpo_update(learner, config: MAMLConfig, trpo_config: TRPOConfig, meta_param
         "accepted": accepted,
         "line_search_steps": j,
         "grad_norm": optax.tree.norm(grads),
+        "grad_finite": _all_finite(grads),
         "natural_step_norm": optax.tree.norm(full_step),
         "predicted_kl": 0.5 * scale**2 * xfx,
     }
@@ -494,7 +502,9 @@ def make_trpo_step(learner, maml_config: MAMLConfig, trpo_config: TRPOConfig,
     Samples tasks with ``sample_tasks(key)``, a meta-batch with
     :func:`sample_meta_batch`, and takes :func:`trpo_update`. The key plumbing
     mirrors :func:`maml.make_meta_train_step`. ``state.opt_state`` is carried
-    unchanged (TRPO keeps no optimizer state).
+    unchanged (TRPO keeps no optimizer state). A non-finite gradient
+    (``metrics["grad_finite"]`` false) leaves the parameters unchanged: the line
+    search accepts only finite surrogates and KLs.
     """
     _check_learner(learner)
     if not isinstance(trpo_config, TRPOConfig):
@@ -548,8 +558,8 @@ def promp_update(learner, config: MAMLConfig, promp_config: ProMPConfig, meta_pa
 
     Returns ``(meta_params, opt_state, metrics)``; metrics hold per-step arrays
     ``[num_outer_steps]`` (``objective``, ``clipped_surrogate``, ``pre_adaptation_kl``,
-    ``post_adaptation_kl``, ``clip_fraction``, ``grad_norm``, each at the start of
-    its step) and ``objective_after``, the objective at the returned parameters.
+    ``post_adaptation_kl``, ``clip_fraction``, ``grad_norm``, ``grad_finite``, each at
+    the start of its step) and ``objective_after``, the objective at the returned parameters.
     """
     chex.assert_trees_all_equal_shapes(meta_params, batch.old_meta_params)
     optimizer = promp_optimizer(promp_config) if optimizer is None else optimizer
@@ -561,7 +571,8 @@ def promp_update(learner, config: MAMLConfig, promp_config: ProMPConfig, meta_pa
         neg = jax.tree.map(jnp.negative, grads)  # optax minimises
         updates, state = optimizer.update(neg, state, params)
         return (optax.apply_updates(params, updates), state), dict(parts, objective=value,
-                                                                   grad_norm=optax.tree.norm(grads))
+                                                                   grad_norm=optax.tree.norm(grads),
+                                                                   grad_finite=_all_finite(grads))
 
     (meta_params, opt_state), per_step = jax.lax.scan(
         outer_step, (meta_params, opt_state), None, length=promp_config.num_outer_steps)
@@ -580,13 +591,17 @@ def init_promp_state(key: jax.Array, learner, config: MAMLConfig, promp_config: 
 
 def make_promp_step(learner, maml_config: MAMLConfig, promp_config: ProMPConfig,
                     sample_tasks: Callable[[jax.Array], Any],
-                    optimizer: optax.GradientTransformation | None = None) -> Callable:
+                    optimizer: optax.GradientTransformation | None = None,
+                    skip_nonfinite: bool = False) -> Callable:
     """One ProMP meta-iteration as a pure ``state -> (state, metrics)`` (jit it once).
 
     Sample a meta-batch once, then :func:`promp_update`. ProMP proper uses
     ``MAMLConfig(estimator="lvc")``; other estimators run (the inner step is
     then the plain surrogate's). ``optimizer`` defaults to ``adam(outer_lr)``; its
     state persists across meta-iterations in ``state.opt_state``.
+    ``metrics["grad_finite"]`` says whether every gradient of the ``num_outer_steps``
+    steps was finite; with ``skip_nonfinite`` an iteration where one was not leaves
+    the parameters and the optimizer state unchanged.
     """
     _check_learner(learner)
     if not isinstance(promp_config, ProMPConfig):
@@ -599,6 +614,11 @@ def make_promp_step(learner, maml_config: MAMLConfig, promp_config: ProMPConfig,
         batch = sample_meta_batch(learner, maml_config, state.meta_params, tasks, key_sample)
         meta_params, opt_state, metrics = promp_update(learner, maml_config, promp_config, state.meta_params,
                                                        state.opt_state, batch, optimizer)
+        finite = jnp.all(metrics["grad_finite"])
+        if skip_nonfinite:
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+            meta_params = keep(meta_params, state.meta_params)
+            opt_state = keep(opt_state, state.opt_state)
         before = metrics["objective"][0]
         summary = dict(
             batch.metrics(),
@@ -608,6 +628,7 @@ def make_promp_step(learner, maml_config: MAMLConfig, promp_config: ProMPConfig,
             objective_per_step=metrics["objective"],
             clip_fraction=metrics["clip_fraction"][-1],  # at the start of the last outer step
             grad_norm=metrics["grad_norm"][0],
+            grad_finite=finite,
             pre_adaptation_kl_after=metrics["pre_adaptation_kl_after"],
             post_adaptation_kl_after=metrics["post_adaptation_kl_after"],
         )

@@ -1,33 +1,42 @@
 """The loop around the jitted meta-iteration: progress bar, metrics on disk, checkpoints, resume.
 
+:func:`run_loop` is the one loop. It takes any pure step function
+``state -> (state, metrics)`` (MAML's :func:`metarl_jax.maml.make_meta_train_step`,
+task selection's :func:`metarl_jax.curriculum.make_selection_train_step`, TRPO's
+and ProMP's :func:`metarl_jax.outer.make_trpo_step` / :func:`~metarl_jax.outer.make_promp_step`)
+and an initial state (a pytree whose ``step`` field counts finished iterations:
+:class:`~metarl_jax.maml.MetaTrainState`, :class:`~metarl_jax.curriculum.SelectionTrainState`).
+:func:`meta_train` (MAML) and :func:`meta_train_outer` (TRPO / ProMP) build the
+step and the initial state and call it; :mod:`metarl_jax.curriculum` does the same.
+
 The compiled unit is a ``lax.scan`` over ``iterations_per_call`` meta-iterations
 (each: sample tasks, adapt, meta-gradient, optimizer step); nothing inside it
 talks to the host. Between calls the loop appends one JSON line per
 iteration to ``metrics.jsonl`` (flushed, so a crash loses no finished
 iteration) and saves a crash-safe checkpoint of the whole training state
-(parameters, optimizer state, PRNG key, step) every ``checkpoint_every``
-iterations. Restarting with the same run directory resumes from the latest
-checkpoint and produces the same metrics as an uninterrupted run with the
-same seed: the PRNG key is part of the checkpointed state and
-``metrics.jsonl`` is cut back to the checkpointed iteration.
+(parameters, optimizer state, PRNG key, step, and whatever else the state
+carries) every ``checkpoint_every`` iterations. Restarting with the same run
+directory resumes from the latest checkpoint and produces the same metrics as
+an uninterrupted run with the same seed: the PRNG key is part of the
+checkpointed state and ``metrics.jsonl`` is cut back to the checkpointed iteration.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import math
 import os
 import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
 
 from metarl_jax import checkpoint as ckpt
+from metarl_jax import outer
 from metarl_jax.learners import _require
 from metarl_jax.maml import MAMLConfig, MetaTrainState, init_train_state, make_meta_train_step
 
@@ -96,6 +105,23 @@ def make_multi_step(step_fn: Callable, num_steps: int) -> Callable:
     return multi_step
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_jit_multi_step(step_fn: Callable, num_steps: int) -> Callable:
+    return jax.jit(make_multi_step(step_fn, num_steps))
+
+
+def jit_multi_step(step_fn: Callable, num_steps: int) -> Callable:
+    """``jax.jit(make_multi_step(step_fn, num_steps))``, the same object for the same ``(step_fn, num_steps)``.
+
+    The last few pairs are kept, so repeated runs with the *same* step function
+    (seeds, resumes, tests) reuse one compilation; an unhashable ``step_fn`` gets a fresh jit.
+    """
+    try:
+        return _cached_jit_multi_step(step_fn, int(num_steps))
+    except TypeError:  # unhashable step function: no cache
+        return jax.jit(make_multi_step(step_fn, int(num_steps)))
+
+
 def _scalar_metrics(metrics: dict, index: int) -> dict:
     out = {}
     for name, value in metrics.items():
@@ -131,6 +157,138 @@ def read_metrics(run_dir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _state_step(state) -> int:
+    """``int(state.step)``, or a ``ValueError`` naming ``init_state`` if there is no scalar integer ``step``."""
+    step = getattr(state, "step", None)
+    shape = getattr(step, "shape", None)
+    dtype = getattr(step, "dtype", None)
+    ok = (isinstance(step, int) and not isinstance(step, bool)) or (
+        shape == () and dtype is not None and np.issubdtype(dtype, np.integer))
+    _require(ok, "init_state", type(state).__name__,
+             "must be a pytree with a scalar integer field `step` counting finished iterations "
+             "(e.g. maml.MetaTrainState, curriculum.SelectionTrainState)")
+    return int(step)
+
+
+def _commit(tree):
+    """``tree`` with every ``jax.Array`` leaf committed to the device(s) it is on (values unchanged).
+
+    A restored checkpoint's leaves are committed (``device_put`` to the target's
+    sharding); committing the initial state as well gives a fresh and a resumed
+    run the same argument shardings, hence one compiled program for both.
+    """
+    return jax.tree.map(lambda x: jax.device_put(x, x.sharding) if isinstance(x, jax.Array) else x, tree)
+
+
+def run_loop(
+    step_fn: Callable[[Any], tuple[Any, dict]],
+    init_state: Any,
+    train_config: TrainConfig,
+    run_dir: str | None = None,
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+    desc: str = "meta-iterations",
+    metadata: dict | None = None,
+) -> tuple[Any, list[dict]]:
+    """Run ``step_fn`` from ``init_state`` to ``train_config.num_iterations``; return ``(final state, history)``.
+
+    ``step_fn`` is one meta-iteration, a pure jittable ``state -> (state, metrics)``
+    that adds 1 to ``state.step``; ``metrics`` is a dict of arrays. The loop
+    runs :func:`jit_multi_step` scans of ``iterations_per_call`` iterations (a
+    shorter last scan, so it never runs past ``num_iterations``) and, per
+    iteration, records ``{"iteration", <every scalar metric and every array
+    metric of at most 32 entries>, "seconds"}`` in ``history`` (and
+    ``run_dir/metrics.jsonl``).
+
+    From ``train_config`` it reads ``num_iterations``, ``iterations_per_call``,
+    ``checkpoint_every``, ``keep_checkpoints`` and ``on_nonfinite``; the other
+    fields belong to whoever built ``step_fn`` and ``init_state``. With
+    ``on_nonfinite="stop"`` the metrics must hold ``grad_finite`` (a bool per
+    iteration) and the first ``False`` raises :class:`NonFiniteGradientError`
+    before that scan's state or metrics are kept; with ``"skip"`` the step
+    function itself must leave the parameters unchanged on such an iteration.
+
+    With ``run_dir``: ``metrics.jsonl`` and ``checkpoints/`` are written there
+    (a checkpoint of the whole state, with ``{"iteration": i, **metadata}`` as
+    its metadata, every ``checkpoint_every`` iterations and at the end), and if
+    a checkpoint exists the run resumes from it (``init_state`` then only gives
+    the structure) with ``metrics.jsonl`` cut back to its iteration; ``history``
+    then holds the recorded iterations too. ``stop_after`` ends this call after
+    that many iterations (to simulate an interruption).
+    """
+    _require(callable(step_fn), "step_fn", step_fn, "must be a callable state -> (state, metrics)")
+    _require(isinstance(train_config, TrainConfig), "train_config", train_config, "must be a TrainConfig")
+    _require(stop_after is None or (isinstance(stop_after, (int, np.integer)) and not isinstance(stop_after, bool)
+                                    and stop_after >= 0),
+             "stop_after", stop_after, "must be None or an integer >= 0")
+    _require(metadata is None or isinstance(metadata, dict), "metadata", metadata,
+             "must be None or a JSON-serialisable dict")
+    metadata = {} if metadata is None else metadata
+    _state_step(init_state)
+    state = _commit(init_state)
+
+    metrics_path = ckpt_dir = None
+    if run_dir is not None:
+        os.makedirs(run_dir, exist_ok=True)
+        metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        ckpt_dir = os.path.join(run_dir, "checkpoints")
+        restored = ckpt.restore_latest(ckpt_dir, state)
+        if restored is not None:
+            _, state, _ = restored
+        _truncate_metrics(metrics_path, _state_step(state))
+    history = read_metrics(run_dir) if run_dir is not None else []
+
+    start = _state_step(state)
+    total = int(train_config.num_iterations)
+    end = total if stop_after is None else min(total, start + int(stop_after))
+    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
+    last_saved = start
+    iteration = start
+    while iteration < end:
+        chunk = min(int(train_config.iterations_per_call), end - iteration)  # never run past the end
+        t0 = time.perf_counter()
+        new_state, metrics = jit_multi_step(step_fn, chunk)(state)
+        metrics = jax.device_get(metrics)
+        elapsed = time.perf_counter() - t0
+        if train_config.on_nonfinite == "stop":
+            _require("grad_finite" in metrics, "step_fn", step_fn,
+                     f"its metrics {sorted(metrics)} lack 'grad_finite' (a bool per iteration), "
+                     "which on_nonfinite='stop' needs")
+            finite = np.asarray(metrics["grad_finite"])
+            if not finite.all():
+                bad = iteration + int(np.argmin(finite))
+                where = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir else None
+                raise NonFiniteGradientError(
+                    f"non-finite meta-gradient at iteration {bad}: training stopped; "
+                    f"last good checkpoint: {where or 'none saved'} (set on_nonfinite='skip' to skip such updates)"
+                )
+        new_step = _state_step(new_state)
+        _require(new_step == iteration + chunk, "step_fn", step_fn,
+                 f"must add 1 to state.step per iteration: {chunk} iterations took it from {iteration} to {new_step}")
+        state = new_state
+        lines = []
+        for j in range(chunk):
+            record = {"iteration": iteration, **_scalar_metrics(metrics, j), "seconds": elapsed / chunk}
+            history.append(record)
+            lines.append(json.dumps(record) + "\n")
+            iteration += 1
+        if metrics_path is not None:
+            with open(metrics_path, "a") as f:
+                f.writelines(lines)
+                f.flush()
+        bar.update(len(lines))
+        bar.set_postfix({name: f"{history[-1][key]:.3g}" for name, key in
+                         (("post", "post_adaptation_return"), ("pre", "pre_adaptation_return"))
+                         if isinstance(history[-1].get(key), (int, float))})
+        if ckpt_dir is not None and (iteration - last_saved >= train_config.checkpoint_every or iteration >= end):
+            ckpt.save_checkpoint(ckpt_dir, iteration, state, {"iteration": iteration, **metadata},
+                                 keep=train_config.keep_checkpoints)
+            last_saved = iteration
+    bar.close()
+    return state, history
+
+
 def meta_train(
     learner,
     maml_config: MAMLConfig,
@@ -142,8 +300,11 @@ def meta_train(
     stop_after: int | None = None,
     inner_optimizer=None,
 ) -> tuple[MetaTrainState, list[dict]]:
-    """Meta-train ``learner`` and return ``(final state, per-iteration metrics)``.
+    """Meta-train ``learner`` with MAML and return ``(final state, per-iteration metrics)``.
 
+    :func:`run_loop` over :func:`metarl_jax.maml.make_meta_train_step` (Adam with
+    ``outer_lr`` and optional clipping, :func:`make_optimizer`) from
+    :func:`metarl_jax.maml.init_train_state` with ``PRNGKey(train_config.seed)``.
     ``sample_tasks(key)`` returns a batch of ``train_config.meta_batch`` tasks.
     With ``run_dir`` the run writes ``metrics.jsonl`` and ``checkpoints/`` there
     and resumes from the latest checkpoint if one exists. ``stop_after`` ends
@@ -156,67 +317,103 @@ def meta_train(
         learner, maml_config, optimizer, sample_tasks, inner_optimizer,
         skip_nonfinite=train_config.on_nonfinite == "skip",
     )
-    compiled: dict[int, Callable] = {}
+    return run_loop(step_fn, state, train_config, run_dir, progress=progress, stop_after=stop_after)
 
-    def multi_step_of(length: int) -> Callable:
-        """A jitted scan of ``length`` meta-iterations (compiled once per distinct length)."""
-        if length not in compiled:
-            compiled[length] = jax.jit(make_multi_step(step_fn, length))
-        return compiled[length]
 
-    metrics_path = ckpt_dir = None
-    if run_dir is not None:
-        os.makedirs(run_dir, exist_ok=True)
-        metrics_path = os.path.join(run_dir, "metrics.jsonl")
-        ckpt_dir = os.path.join(run_dir, "checkpoints")
-        restored = ckpt.restore_latest(ckpt_dir, state)
-        if restored is not None:
-            _, state, _ = restored
-        _truncate_metrics(metrics_path, int(state.step))
-    history = read_metrics(run_dir) if run_dir is not None else []
+OUTER_CONFIGS = (outer.TRPOConfig, outer.ProMPConfig)
 
-    start = int(state.step)
-    total = int(train_config.num_iterations)
-    end = total if stop_after is None else min(total, start + int(stop_after))
-    bar = tqdm(total=total, initial=start, desc="meta-iterations", disable=not progress, dynamic_ncols=True)
-    last_saved = start
-    iteration = start
-    while iteration < end:
-        chunk = min(int(train_config.iterations_per_call), end - iteration)  # never run past the end
-        t0 = time.perf_counter()
-        new_state, metrics = multi_step_of(chunk)(state)
-        metrics = jax.device_get(metrics)
-        elapsed = time.perf_counter() - t0
-        finite = np.asarray(metrics["grad_finite"])
-        if train_config.on_nonfinite == "stop" and not finite.all():
-            bad = iteration + int(np.argmin(finite))
-            where = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir else None
-            raise NonFiniteGradientError(
-                f"non-finite meta-gradient at iteration {bad}: training stopped; "
-                f"last good checkpoint: {where or 'none saved'} (set on_nonfinite='skip' to skip such updates)"
-            )
-        state = new_state
-        lines = []
-        for j in range(chunk):
-            if iteration >= end:
-                break
-            record = {"iteration": iteration, **_scalar_metrics(metrics, j), "seconds": elapsed / chunk}
-            history.append(record)
-            lines.append(json.dumps(record) + "\n")
-            iteration += 1
-        if metrics_path is not None:
-            with open(metrics_path, "a") as f:
-                f.writelines(lines)
-                f.flush()
-        bar.update(len(lines))
-        bar.set_postfix(post=f"{history[-1]['post_adaptation_return']:.3g}",
-                        pre=f"{history[-1]['pre_adaptation_return']:.3g}")
-        if ckpt_dir is not None and (iteration - last_saved >= train_config.checkpoint_every or iteration >= end):
-            ckpt.save_checkpoint(ckpt_dir, iteration, state, {"iteration": iteration},
-                                 keep=train_config.keep_checkpoints)
-            last_saved = iteration
-    bar.close()
-    return state, history
+
+def _check_outer(outer_config, train_config: TrainConfig) -> None:
+    _require(isinstance(outer_config, OUTER_CONFIGS), "outer_config", outer_config,
+             "must be an outer.TRPOConfig or an outer.ProMPConfig")
+    _require(isinstance(train_config, TrainConfig), "train_config", train_config, "must be a TrainConfig")
+
+
+def _outer_optimizer(outer_config, train_config: TrainConfig) -> optax.GradientTransformation | None:
+    """ProMP's optimizer: Adam with ``outer_config.outer_lr``, clipped if ``max_grad_norm``; ``None`` for TRPO."""
+    if not isinstance(outer_config, outer.ProMPConfig):
+        return None
+    adam = outer.promp_optimizer(outer_config)
+    if train_config.max_grad_norm is None:
+        return adam
+    return optax.chain(optax.clip_by_global_norm(train_config.max_grad_norm), adam)
+
+
+def init_outer_state(learner, maml_config: MAMLConfig, outer_config, train_config: TrainConfig) -> MetaTrainState:
+    """The initial :class:`~metarl_jax.maml.MetaTrainState` of a TRPO / ProMP run (also a restore target).
+
+    Meta-parameters as :func:`metarl_jax.maml.init_train_state` with
+    ``PRNGKey(train_config.seed)``; the optimizer state is empty for TRPO and
+    ProMP's Adam state otherwise.
+    """
+    _check_outer(outer_config, train_config)
+    key = jax.random.PRNGKey(train_config.seed)
+    if isinstance(outer_config, outer.TRPOConfig):
+        return outer.init_trpo_state(key, learner, maml_config)
+    return outer.init_promp_state(key, learner, maml_config, outer_config, _outer_optimizer(outer_config, train_config))
+
+
+def _build_outer_step(learner, maml_config, outer_config, train_config, sample_tasks):
+    if isinstance(outer_config, outer.TRPOConfig):  # never applies a non-finite step: "skip" needs nothing
+        return outer.make_trpo_step(learner, maml_config, outer_config, sample_tasks)
+    return outer.make_promp_step(learner, maml_config, outer_config, sample_tasks,
+                                 _outer_optimizer(outer_config, train_config),
+                                 skip_nonfinite=train_config.on_nonfinite == "skip")
+
+
+_cached_outer_step = functools.lru_cache(maxsize=8)(_build_outer_step)
+
+
+def outer_train_step(learner, maml_config: MAMLConfig, outer_config, train_config: TrainConfig,
+                     sample_tasks: Callable[[jax.Array], Any]) -> Callable:
+    """The TRPO or ProMP meta-iteration ``state -> (state, metrics)`` that :func:`meta_train_outer` runs.
+
+    Equal (hashable) arguments return the same function, so repeated runs (seeds,
+    resumes, tests) with the same ``sample_tasks`` object compile once;
+    ``num_iterations``, ``seed`` and the checkpoint settings do not matter.
+    """
+    _check_outer(outer_config, train_config)
+    key_config = dataclasses.replace(train_config, num_iterations=1, seed=0, iterations_per_call=1,
+                                     checkpoint_every=1, keep_checkpoints=1)
+    try:
+        return _cached_outer_step(learner, maml_config, outer_config, key_config, sample_tasks)
+    except TypeError:  # an unhashable argument: no cache
+        return _build_outer_step(learner, maml_config, outer_config, train_config, sample_tasks)
+
+
+def meta_train_outer(
+    learner,
+    maml_config: MAMLConfig,
+    outer_config,
+    train_config: TrainConfig,
+    sample_tasks: Callable[[jax.Array], Any],
+    run_dir: str | None = None,
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> tuple[MetaTrainState, list[dict]]:
+    """Meta-train ``learner`` with TRPO or ProMP as the outer rule; return ``(final state, history)``.
+
+    ``outer_config`` is an :class:`metarl_jax.outer.TRPOConfig` (natural-gradient
+    step in a KL trust region per meta-iteration) or an
+    :class:`metarl_jax.outer.ProMPConfig` (``num_outer_steps`` Adam steps on the
+    clipped surrogate per meta-iteration). :func:`run_loop` over
+    :func:`outer_train_step` from :func:`init_outer_state`: the same
+    ``metrics.jsonl``, checkpoints, resume, ``stop_after`` and ``on_nonfinite``
+    as :func:`meta_train` (``grad_finite``: every gradient of the iteration is
+    finite; TRPO's line search never accepts a non-finite step). ``sample_tasks(key)``
+    returns ``train_config.meta_batch`` tasks. ``train_config.outer_lr`` is not
+    used (TRPO's step is set by ``max_kl``, ProMP's by ``outer_config.outer_lr``);
+    ``max_grad_norm`` clips ProMP's gradients and has no effect on TRPO (clipping
+    rescales ``g``, and TRPO's step ``sqrt(2 max_kl / x^T F x) x`` with ``F x = g``
+    does not depend on the scale of ``g``).
+    """
+    state = init_outer_state(learner, maml_config, outer_config, train_config)
+    step_fn = outer_train_step(learner, maml_config, outer_config, train_config, sample_tasks)
+    name = type(outer_config).__name__.removesuffix("Config")
+    return run_loop(step_fn, state, train_config, run_dir, progress=progress, stop_after=stop_after,
+                    desc=f"meta-iterations ({name})",
+                    metadata={"outer": name, "outer_config": dataclasses.asdict(outer_config)})
 
 
 def load_meta_params(checkpoint_dir: str, learner, maml_config: MAMLConfig, train_config: TrainConfig):

@@ -7,15 +7,25 @@ import re
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from experiments.maml_bandit import BanditConfig
-from metarl_jax import checkpoint
+from metarl_jax import checkpoint, outer
 from metarl_jax.experiment import build
+from metarl_jax.maml import MetaTrainState
 from metarl_jax.tasks import sample_tasks
-from metarl_jax.train import NonFiniteGradientError, TrainConfig, meta_train, read_metrics
+from metarl_jax.train import (
+    NonFiniteGradientError,
+    TrainConfig,
+    init_outer_state,
+    meta_train,
+    meta_train_outer,
+    read_metrics,
+    run_loop,
+)
 
 CONFIG = BanditConfig(num_iterations=8, meta_batch=4, num_episodes=4, horizon=5, hidden_sizes=(8,),
                       iterations_per_call=2, checkpoint_every=2)
@@ -124,3 +134,73 @@ def test_cli_rejects_bad_values_without_traceback(args, message):
     assert proc.returncode == 2, output
     assert message in output
     assert "Traceback" not in output
+
+
+# --------------------------------------------------------------------------- TRPO / ProMP through the same loop
+
+TRPO = outer.TRPOConfig(cg_iters=3, ls_max_steps=4)  # few CG / line-search iterations: a small program
+_OUTER_LEARNER, _OUTER_MAML, _OUTER_TRAIN, _OUTER_SAMPLE = _setup()  # one sample_tasks object: one compilation
+
+
+def test_trpo_run_writes_metrics_and_resumes_exactly(tmp_path):
+    """As test_resumed_run_equals_uninterrupted_run, with TRPO as the outer rule (meta_train_outer)."""
+    args = (_OUTER_LEARNER, _OUTER_MAML, TRPO, _OUTER_TRAIN, _OUTER_SAMPLE)
+    full_dir = str(tmp_path / "full")
+    full_state, full = meta_train_outer(*args, full_dir, progress=False)
+    assert [h["iteration"] for h in read_metrics(full_dir)] == list(range(8))
+    assert {"post_adaptation_return", "kl", "accepted", "grad_finite", "surrogate_improvement"} <= set(full[-1])
+    assert all(h["kl"] <= TRPO.max_kl * (1 + 1e-5) for h in full)
+    assert any(h["accepted"] for h in full)  # the parameters moved
+    interrupted = str(tmp_path / "interrupted")
+    meta_train_outer(*args, interrupted, progress=False, stop_after=4)
+    assert len(read_metrics(interrupted)) == 4
+    with open(os.path.join(interrupted, "metrics.jsonl"), "a") as f:  # work lost after the last checkpoint
+        f.write(json.dumps({"iteration": 4, "post_adaptation_return": 123.0}) + "\n")
+    state, resumed = meta_train_outer(*args, interrupted, progress=False)
+    assert int(state.step) == 8
+    assert _strip(read_metrics(interrupted)) == _strip(full)
+    assert _strip(resumed) == _strip(full)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(full_state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _, _, meta = checkpoint.restore_latest(os.path.join(interrupted, "checkpoints"), state)
+    assert meta["iteration"] == 8 and meta["outer"] == "TRPO"
+
+
+def test_run_loop_and_meta_train_outer_validation_names_the_field():
+    train_config = dataclasses.replace(_OUTER_TRAIN, num_iterations=1)
+    step = lambda s: (s, {"grad_finite": jnp.array(True)})
+    with pytest.raises(ValueError, match="init_state=.*scalar integer field `step`"):
+        run_loop(step, {"params": jnp.zeros(2)}, train_config, progress=False)
+    with pytest.raises(ValueError, match="stop_after=-1 is invalid"):
+        run_loop(step, MetaTrainState({}, (), None, jnp.zeros((), jnp.int32)), train_config, stop_after=-1)
+    with pytest.raises(ValueError, match="train_config=.* is invalid: must be a TrainConfig"):
+        run_loop(step, MetaTrainState({}, (), None, jnp.zeros((), jnp.int32)), {"num_iterations": 1})
+    with pytest.raises(ValueError, match="must add 1 to state.step per iteration"):  # the step forgot the counter
+        run_loop(step, MetaTrainState({}, (), None, jnp.zeros((), jnp.int32)), train_config, progress=False)
+    with pytest.raises(ValueError, match="lack 'grad_finite'"):
+        run_loop(lambda s: (s._replace(step=s.step + 1), {"loss": jnp.zeros(())}),
+                 MetaTrainState({}, (), None, jnp.zeros((), jnp.int32)), train_config, progress=False)
+    with pytest.raises(ValueError, match="outer_config=.* is invalid: must be an outer.TRPOConfig or"):
+        meta_train_outer(_OUTER_LEARNER, _OUTER_MAML, _OUTER_MAML, train_config, _OUTER_SAMPLE, progress=False)
+    with pytest.raises(ValueError, match="train_config=.* is invalid: must be a TrainConfig"):
+        meta_train_outer(_OUTER_LEARNER, _OUTER_MAML, TRPO, {"num_iterations": 1}, _OUTER_SAMPLE, progress=False)
+
+
+class _NaNAdvantages(_NaNLearner):
+    """Wraps a learner so that its outer advantages, hence TRPO's / ProMP's gradients, are NaN."""
+
+    def advantages(self, traj):
+        return self._inner.advantages(traj) * jnp.nan
+
+
+def test_promp_run_skips_nonfinite_updates():
+    """ProMP through meta_train_outer with on_nonfinite='skip': recorded, parameters and Adam state unchanged."""
+    promp = outer.ProMPConfig(num_outer_steps=2)
+    skip = dataclasses.replace(_OUTER_TRAIN, num_iterations=2, on_nonfinite="skip")
+    state, history = meta_train_outer(_NaNAdvantages(_OUTER_LEARNER), _OUTER_MAML, promp, skip, _OUTER_SAMPLE,
+                                      progress=False)
+    assert [h["grad_finite"] for h in history] == [False, False] and int(state.step) == 2
+    initial = init_outer_state(_OUTER_LEARNER, _OUTER_MAML, promp, skip)
+    for a, b in zip(jax.tree.leaves((state.meta_params, state.opt_state)),
+                    jax.tree.leaves((initial.meta_params, initial.opt_state))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -21,8 +21,8 @@ Everything above is traced once and compiled as one XLA program (a
 batch, a Monte-Carlo estimate: scores are noisy, which PLR's rank
 prioritisation tolerates (only the order matters).
 
-:func:`meta_train_with_selection` is the loop around it, with the same
-``metrics.jsonl`` / checkpoint / resume behaviour as :func:`metarl_jax.train.meta_train`;
+:func:`meta_train_with_selection` runs it in :func:`metarl_jax.train.run_loop`, the loop
+of :func:`metarl_jax.train.meta_train` (``metrics.jsonl``, checkpoints, resume);
 the checkpoint holds the whole :class:`SelectionTrainState` (parameters,
 optimizer state, PRNG key, step, sampler state, pool and pool optima), so a
 resumed run reproduces an uninterrupted one exactly.
@@ -32,18 +32,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
-import time
 from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from metarl_jax import checkpoint as ckpt
 from metarl_jax import train as train_lib
 from metarl_jax.maml import MAMLConfig, MetaTrainState, init_train_state, make_meta_train_step
 from metarl_jax.task_selection import (
@@ -195,31 +190,42 @@ def make_selection_train_step(
     return step
 
 
-def _build_multi_step(learner, maml_config, train_config, selection_config, inner_optimizer):
+def _build_step(learner, maml_config, train_config, selection_config, inner_optimizer):
     optimizer = train_lib.make_optimizer(train_config)
-    step = make_selection_train_step(learner, maml_config, optimizer, selection_config, train_config.meta_batch,
+    return make_selection_train_step(learner, maml_config, optimizer, selection_config, train_config.meta_batch,
                                      inner_optimizer, skip_nonfinite=train_config.on_nonfinite == "skip")
-    return jax.jit(train_lib.make_multi_step(step, int(train_config.iterations_per_call)))
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_multi_step(learner, maml_config, train_config, selection_config):
-    return _build_multi_step(learner, maml_config, train_config, selection_config, None)
+_cached_step = functools.lru_cache(maxsize=8)(_build_step)
+
+
+def selection_train_step(learner, maml_config, train_config, selection_config, inner_optimizer=None):
+    """The meta-iteration :func:`meta_train_with_selection` runs: :func:`make_selection_train_step`
+    with :func:`metarl_jax.train.make_optimizer` and ``train_config``'s ``meta_batch`` and
+    non-finite policy.
+
+    Equal (hashable) arguments return the same function, so repeated runs (seeds,
+    resumes, tests) compile once; ``num_iterations``, ``seed`` and the checkpoint
+    settings do not matter.
+    """
+    if inner_optimizer is None:
+        key_config = dataclasses.replace(train_config, num_iterations=1, seed=0, iterations_per_call=1,
+                                         checkpoint_every=1, keep_checkpoints=1)
+        try:
+            return _cached_step(learner, maml_config, key_config, selection_config, None)
+        except TypeError:  # an unhashable learner: no cache
+            pass
+    return _build_step(learner, maml_config, train_config, selection_config, inner_optimizer)
 
 
 def compiled_multi_step(learner, maml_config, train_config, selection_config, inner_optimizer=None):
-    """The jitted ``lax.scan`` of ``iterations_per_call`` selection meta-iterations.
+    """The jitted ``lax.scan`` of ``iterations_per_call`` selection meta-iterations, ``state -> (state, metrics)``.
 
-    Equal (hashable) arguments return the same jitted function, so repeated runs
-    (seeds, resumes, tests) compile once. ``num_iterations`` and ``seed`` do not matter.
+    Equal (hashable) arguments return the same jitted function (the one
+    :func:`meta_train_with_selection` runs), so repeated runs compile once.
     """
-    if inner_optimizer is None:
-        key_config = dataclasses.replace(train_config, num_iterations=1, seed=0)
-        try:
-            return _cached_multi_step(learner, maml_config, key_config, selection_config)
-        except TypeError:  # an unhashable learner: no cache
-            pass
-    return _build_multi_step(learner, maml_config, train_config, selection_config, inner_optimizer)
+    step = selection_train_step(learner, maml_config, train_config, selection_config, inner_optimizer)
+    return train_lib.jit_multi_step(step, int(train_config.iterations_per_call))
 
 
 def meta_train_with_selection(
@@ -236,71 +242,22 @@ def meta_train_with_selection(
 ) -> tuple[SelectionTrainState, list[dict]]:
     """Meta-train ``learner`` on tasks selected from a fixed pool; return ``(final state, history)``.
 
-    The loop of :func:`metarl_jax.train.meta_train` (``metrics.jsonl``, crash-safe
-    checkpoints of the whole state every ``checkpoint_every`` iterations, resume from
-    the latest checkpoint in ``run_dir/checkpoints``, ``stop_after`` to simulate an
-    interruption, non-finite policy) around :func:`make_selection_train_step`.
-    The pool is drawn from ``learner.env`` with the training seed unless ``pool`` is given.
+    :func:`metarl_jax.train.run_loop` (``metrics.jsonl``, crash-safe checkpoints of
+    the whole :class:`SelectionTrainState` every ``checkpoint_every`` iterations with
+    the selection config in their metadata, resume from the latest checkpoint in
+    ``run_dir/checkpoints``, ``stop_after`` to simulate an interruption, non-finite
+    policy) over :func:`selection_train_step` from :func:`init_selection_state` with
+    ``PRNGKey(train_config.seed)``. The pool is drawn from ``learner.env`` with the
+    training seed unless ``pool`` is given.
     """
     check_score(selection_config, learner.env)
     optimizer = train_lib.make_optimizer(train_config)
     state = init_selection_state(jax.random.PRNGKey(train_config.seed), learner, maml_config, optimizer,
                                  selection_config, pool)
-    multi_step = compiled_multi_step(learner, maml_config, train_config, selection_config, inner_optimizer)
-    chunk = int(train_config.iterations_per_call)
-
-    metrics_path = ckpt_dir = None
-    if run_dir is not None:
-        os.makedirs(run_dir, exist_ok=True)
-        metrics_path = os.path.join(run_dir, "metrics.jsonl")
-        ckpt_dir = os.path.join(run_dir, "checkpoints")
-        restored = ckpt.restore_latest(ckpt_dir, state)
-        if restored is not None:
-            _, state, _ = restored
-        train_lib._truncate_metrics(metrics_path, int(state.step))
-    history = train_lib.read_metrics(run_dir) if run_dir is not None else []
-
-    start = int(state.step)
-    total = int(train_config.num_iterations)
-    end = total if stop_after is None else min(total, start + int(stop_after))
-    bar = tqdm(total=total, initial=start, desc=f"meta-iterations ({selection_config.strategy})",
-               disable=not progress, dynamic_ncols=True)
-    last_saved = iteration = start
-    metadata = {"selection": dataclasses.asdict(selection_config)}
-    while iteration < end:
-        t0 = time.perf_counter()
-        new_state, metrics = multi_step(state)
-        metrics = jax.device_get(metrics)
-        elapsed = time.perf_counter() - t0
-        finite = np.asarray(metrics["grad_finite"])
-        if train_config.on_nonfinite == "stop" and not finite.all():
-            bad = iteration + int(np.argmin(finite))
-            where = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir else None
-            raise train_lib.NonFiniteGradientError(
-                f"non-finite meta-gradient at iteration {bad}: training stopped; "
-                f"last good checkpoint: {where or 'none saved'} (set on_nonfinite='skip' to skip such updates)"
-            )
-        state = new_state
-        lines = []
-        for j in range(chunk):
-            if iteration >= end:
-                break
-            record = {"iteration": iteration, **train_lib._scalar_metrics(metrics, j), "seconds": elapsed / chunk}
-            history.append(record)
-            lines.append(json.dumps(record) + "\n")
-            iteration += 1
-        if metrics_path is not None:
-            with open(metrics_path, "a") as f:
-                f.writelines(lines)
-                f.flush()
-        bar.update(len(lines))
-        bar.set_postfix(post=f"{history[-1]['post_adaptation_return']:.3g}")
-        if ckpt_dir is not None and (iteration - last_saved >= train_config.checkpoint_every or iteration >= end):
-            ckpt.save_checkpoint(ckpt_dir, iteration, state, {"iteration": iteration, **metadata},
-                                 keep=train_config.keep_checkpoints)
-            last_saved = iteration
-    bar.close()
-    return state, history
+    step = selection_train_step(learner, maml_config, train_config, selection_config, inner_optimizer)
+    return train_lib.run_loop(step, state, train_config, run_dir, progress=progress, stop_after=stop_after,
+                              desc=f"meta-iterations ({selection_config.strategy})",
+                              metadata={"selection": dataclasses.asdict(selection_config)})
 
 
 def tail_mean(values, fraction: float = 0.1) -> float:

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: run test install install-dev bench clean
+.PHONY: run test install install-dev bench gpu-wheels clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ test: $(STAMP)
 ## Throughput benchmark (prints JSON lines).
 bench: $(VENV)/.installed
 	$(PY) -m experiments.benchmark_speed
+
+## Wheels the GPU image lacks (gymnax, gymnasium), for `bash benchmarks/gpu_run.sh` there (Python 3.12).
+gpu-wheels: $(VENV)/.installed
+	mkdir -p .git/info && (grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+		"gymnax==$$($(PY) -c 'import importlib.metadata as m; print(m.version("gymnax"))')" \
+		"gymnasium==$$($(PY) -c 'import importlib.metadata as m; print(m.version("gymnasium"))')" farama-notifications
 
 clean:
 	rm -rf runs .pytest_cache

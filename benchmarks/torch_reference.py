@@ -133,8 +133,8 @@ class MetaGradient(NamedTuple):
 # ----------------------------------------------------------------------------- policy
 
 
-def init_policy_params(config: Config = Config(), seed: int = 0, dtype=None) -> dict:
-    """Initial ``theta``: an ordered dict of leaf tensors that require grad.
+def init_policy_params(config: Config = Config(), seed: int = 0, dtype=None, device=None) -> dict:
+    """Initial ``theta``: an ordered dict of leaf tensors that require grad (on ``device``, default CPU).
 
     Weights are stored as ``[out, in]`` (``nn.Linear`` layout) and drawn, like
     ``nn.Linear``'s default, with weights and biases ~ U(-1/sqrt(fan_in),
@@ -149,9 +149,9 @@ def init_policy_params(config: Config = Config(), seed: int = 0, dtype=None) -> 
         bound = 1.0 / math.sqrt(fan_in)
         w = (torch.rand(fan_out, fan_in, generator=gen, dtype=torch.float64) * 2 - 1) * bound
         b = (torch.rand(fan_out, generator=gen, dtype=torch.float64) * 2 - 1) * bound
-        params[f"w{i}"] = w.to(dtype).requires_grad_()
-        params[f"b{i}"] = b.to(dtype).requires_grad_()
-    params["log_std"] = torch.full((2,), float(config.init_log_std), dtype=dtype).requires_grad_()
+        params[f"w{i}"] = w.to(dtype=dtype, device=device).requires_grad_()
+        params[f"b{i}"] = b.to(dtype=dtype, device=device).requires_grad_()
+    params["log_std"] = torch.full((2,), float(config.init_log_std), dtype=dtype, device=device).requires_grad_()
     return params
 
 
@@ -222,7 +222,7 @@ def discounted_returns(rewards, gamma: float):
     """Returns-to-go ``G_t = sum_{k>=t} gamma^(k-t) r_k`` of ``rewards [E, H]``."""
     torch = _torch()
     horizon = rewards.shape[1]
-    steps = torch.arange(horizon, dtype=rewards.dtype)
+    steps = torch.arange(horizon, dtype=rewards.dtype, device=rewards.device)
     lag = steps[:, None] - steps[None, :]  # [k, t] = k - t
     discount = torch.where(lag >= 0, gamma ** lag.clamp(min=0), torch.zeros_like(lag))
     return rewards @ discount
@@ -239,12 +239,12 @@ def linear_feature_baseline(obs, returns, reg: float):
     """
     torch = _torch()
     episodes, horizon = returns.shape
-    al = (torch.arange(horizon, dtype=obs.dtype) / 100.0)[None, :, None].expand(episodes, horizon, 1)
+    al = (torch.arange(horizon, dtype=obs.dtype, device=obs.device) / 100.0)[None, :, None].expand(episodes, horizon, 1)
     ones = torch.ones_like(al)
     x = torch.cat([obs, obs.square(), al, al**2, al**3, ones], dim=-1).reshape(-1, 8)
     gram = x.T @ x
     rhs = (x.T @ returns.reshape(-1))[:, None]
-    eye = torch.eye(8, dtype=x.dtype)
+    eye = torch.eye(8, dtype=x.dtype, device=x.device)
     for _ in range(5):  # rllab: if the solve fails, retry with 10x the regulariser
         w = torch.linalg.lstsq(gram + reg * eye, rhs).solution
         if bool(torch.isfinite(w).all()):
@@ -316,24 +316,27 @@ def meta_gradient(theta: dict, goals, generator_or_seed, order: int = 2, config:
     ``phi`` (:func:`adapt`) -> outer noise -> outer batch with ``phi`` -> outer
     loss ``L(phi, outer) / N`` -> its gradient w.r.t. ``theta``, accumulated over
     tasks (each task's graph is freed after its backward pass). Noise comes from
-    ``generator_or_seed`` (a ``torch.Generator`` or an int seed) in the order
-    inner_0, outer_0, inner_1, ...; its dtype is that of ``theta``.
+    ``generator_or_seed`` (a CPU ``torch.Generator`` or an int seed) in the order
+    inner_0, outer_0, inner_1, ...; its dtype and device are those of ``theta`` (drawn
+    on the CPU and copied, so a GPU run samples exactly the numbers of a CPU run).
     """
     torch = _torch()
     gen = generator_or_seed
     if not isinstance(gen, torch.Generator):
         gen = torch.Generator().manual_seed(int(generator_or_seed))
     names = list(theta)
-    dtype = theta[names[0]].dtype
+    dtype, device = theta[names[0]].dtype, theta[names[0]].device
+    noise = lambda: sample_noise(gen, config, dtype).to(device)
+    goals = goals.to(device)
     n_tasks = goals.shape[0]
     grads = [torch.zeros_like(theta[n]) for n in names]
     total = 0.0
     inner_batches, outer_batches = [], []
     for i in range(n_tasks):
         goal = goals[i]
-        inner = collect_batch(theta, goal, sample_noise(gen, config, dtype), config)
+        inner = collect_batch(theta, goal, noise(), config)
         phi = adapt(theta, inner, config, order)
-        outer = collect_batch(phi, goal, sample_noise(gen, config, dtype), config)
+        outer = collect_batch(phi, goal, noise(), config)
         loss = surrogate_loss(phi, outer) / n_tasks
         task_grads = torch.autograd.grad(loss, [theta[n] for n in names])
         for acc, g in zip(grads, task_grads):
@@ -347,17 +350,18 @@ def meta_gradient(theta: dict, goals, generator_or_seed, order: int = 2, config:
 class MetaLearner:
     """``theta`` + Adam + a sampling generator: :meth:`step` is one meta-iteration.
 
-    ``theta`` is initialised from ``seed``; goals and action noise come from a
-    ``torch.Generator`` seeded with ``seed + 1`` (no global RNG is touched).
+    ``theta`` is initialised from ``seed`` on ``device`` (``"cpu"``, ``"cuda"``...); goals and
+    action noise come from a CPU ``torch.Generator`` seeded with ``seed + 1`` (no global RNG
+    is touched) and are copied to ``device``.
     """
 
-    def __init__(self, config: Config = Config(), seed: int = 0, order: int = 2, dtype=None):
+    def __init__(self, config: Config = Config(), seed: int = 0, order: int = 2, dtype=None, device=None):
         torch = _torch()
         if order not in (1, 2):
             raise ValueError(f"order={order!r} is invalid: must be 1 or 2")
         self.config = config
         self.order = order
-        self.theta = init_policy_params(config, seed, dtype)
+        self.theta = init_policy_params(config, seed, dtype, device)
         self.optimizer = torch.optim.Adam(list(self.theta.values()), lr=config.outer_lr)
         self.generator = torch.Generator().manual_seed(int(seed) + 1)
 
@@ -377,7 +381,7 @@ class MetaLearner:
 
 
 def run_benchmark(meta_batch: int, order: int, iters: int, warmup: int, seed: int,
-                  threads: int | None = None, config: Config = Config()) -> dict:
+                  threads: int | None = None, config: Config = Config(), device: str = "cpu") -> dict:
     """Time ``warmup + iters`` meta-iterations; return the benchmark record.
 
     ``compile_s`` is the wall time of the first iteration (there is nothing to
@@ -385,6 +389,8 @@ def run_benchmark(meta_batch: int, order: int, iters: int, warmup: int, seed: in
     ``min_s_per_iter`` are over the ``iters`` iterations after ``warmup``;
     ``env_steps_per_s = meta_batch * 2 * episodes * horizon / median``.
     ``threads`` sets ``torch.set_num_threads`` for the call and is restored after.
+    ``device`` is a torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``); on a GPU each
+    timed iteration ends with ``torch.cuda.synchronize``.
     """
     torch = _torch()
     for name, value, lo in (("meta_batch", meta_batch, 1), ("order", order, 1), ("iters", iters, 1),
@@ -393,17 +399,26 @@ def run_benchmark(meta_batch: int, order: int, iters: int, warmup: int, seed: in
             raise ValueError(f"{name}={value!r} is invalid: must be an integer >= {lo}")
     if order not in (1, 2):
         raise ValueError(f"order={order!r} is invalid: must be 1 or 2")
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device={device!r} is invalid: {err}") from None
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} is invalid: torch {torch.__version__} sees no CUDA device")
+    sync = torch.cuda.synchronize if torch_device.type == "cuda" else (lambda: None)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         if int(threads) < 1:
             raise ValueError(f"threads={threads!r} is invalid: must be an integer >= 1")
         torch.set_num_threads(int(threads))
     try:
-        learner = MetaLearner(config, seed, order)
+        learner = MetaLearner(config, seed, order, device=torch_device)
         times = []
         for _ in range(warmup + iters):
+            sync()
             start = time.perf_counter()
             loss = learner.step(meta_batch)
+            sync()
             times.append(time.perf_counter() - start)
         if not math.isfinite(loss):
             raise FloatingPointError(f"meta-loss is not finite: {loss}")
@@ -424,7 +439,8 @@ def run_benchmark(meta_batch: int, order: int, iters: int, warmup: int, seed: in
         "median_s_per_iter": median,
         "min_s_per_iter": min(timed),
         "env_steps_per_s": meta_batch * 2 * config.episodes * config.horizon / median,
-        "device": f"{cpu_model()}, {n_threads} threads",
+        "device": (f"{torch.cuda.get_device_name(torch_device)} (cuda); host {cpu_model()}"
+                   if torch_device.type == "cuda" else f"{cpu_model()}, {n_threads} threads"),
         "torch_version": torch.__version__,
     }
 
@@ -440,9 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=Config.episodes, help="episodes per batch")
     parser.add_argument("--horizon", type=int, default=Config.horizon, help="steps per episode")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     args = parser.parse_args(argv)
     config = Config(episodes=args.episodes, horizon=args.horizon)
-    record = run_benchmark(args.meta_batch, args.order, args.iters, args.warmup, args.seed, args.threads, config)
+    record = run_benchmark(args.meta_batch, args.order, args.iters, args.warmup, args.seed, args.threads, config,
+                           args.device)
     print(json.dumps(record), flush=True)
     return 0
 

@@ -135,6 +135,11 @@ def test_config_rejects_bad_values():
         tr.Config(horizon=0)
     with pytest.raises(ValueError, match="order"):
         tr.run_benchmark(meta_batch=1, order=3, iters=1, warmup=0, seed=0)
+    with pytest.raises(ValueError, match="device='warp9'"):
+        tr.run_benchmark(meta_batch=1, order=2, iters=1, warmup=0, seed=0, device="warp9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda' is invalid: .* no CUDA device"):
+            tr.run_benchmark(meta_batch=1, order=2, iters=1, warmup=0, seed=0, device="cuda")
 
 
 def test_module_entry_point_and_lazy_torch_import():

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One prepared GPU benchmark run (about 7 minutes on one H100/H200): the navigation speed
+# targets, the throughput sweep of every learner, and the PyTorch task-loop reference on the
+# same GPU. Every record is one JSON line; results go to $OUT (default: results/gpu).
+#
+# Prepare once on a machine with internet (the GPU image has jax, flax, optax, chex, torch,
+# but not gymnax and gymnasium):
+#     make gpu-wheels            # downloads them to .whl/ (git-ignored via .git/info/exclude)
+# Then on the GPU machine, from the repository root:
+#     bash benchmarks/gpu_run.sh
+# Each step has its own time limit, so a slow or failing step never takes the rest with it;
+# a step that fails writes its error to its log and the script goes on.
+set -uo pipefail
+
+OUT="${OUT:-results/gpu}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+
+if compgen -G ".whl/*.whl" > /dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { echo "installing .whl/ failed" >&2; exit 1; }
+    export PYTHONPATH="/tmp/site:${PWD}${PYTHONPATH:+:$PYTHONPATH}"
+else
+    export PYTHONPATH="${PWD}${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+{
+    date -u +"%Y-%m-%dT%H:%M:%SZ"
+    nvidia-smi -L 2>&1 || true
+    "$PY" -c "import jax, torch; print('jax', jax.__version__, jax.devices()); print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no cuda')"
+} 2>&1 | tee "$OUT/machine.txt"
+
+step() {  # step NAME SECONDS COMMAND...: run COMMAND with a limit, JSON lines to $OUT/NAME.jsonl, log to $OUT/NAME.log
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit}s): $*"
+    timeout "$limit" "$@" > "$OUT/$name.jsonl" 2> "$OUT/$name.log"
+    echo "   exit $? after ${SECONDS}s in total; $(wc -l < "$OUT/$name.jsonl") records"
+}
+
+# 1. The issue's targets: second order, navigation, 20 / 1000 / 4096 tasks (ms per meta-iteration, env-steps/s).
+step targets 150 "$PY" -m experiments.benchmark_speed --meta-batch 20 1000 4096 --order 2 --iters 20 --warmup 3
+# 2. The PyTorch task-loop reference on the same GPU, 20 tasks, both orders (the JAX side is in step 1 and 3).
+step torch_gpu 90 "$PY" -m benchmarks.torch_reference --device cuda --meta-batch 20 --order 2 --iters 5 --warmup 1
+# 3. Throughput sweep 1..4096 tasks, first and second order, every learner (budget per configuration).
+step sweep_pg 120 "$PY" -m experiments.benchmark_speed --sweep --order 1 2 --iters 10 --budget-s 12 --no-flops
+step sweep_ac 60 "$PY" -m experiments.benchmark_speed --sweep --learner ac --order 2 --iters 5 --budget-s 8 --no-flops
+step sweep_q 60 "$PY" -m experiments.benchmark_speed --sweep --learner q --task tabular_mdp --order 2 --iters 5 --budget-s 8 --no-flops
+echo "done in ${SECONDS}s; results in $OUT"

@@ -260,8 +260,41 @@ def count_flops(bench: Bench, meta_batch: int, key: tuple) -> tuple[float | None
     return line[0] + line[1] * meta_batch, "cost_analysis(unrolled twin at 1 and 2 tasks, linear in tasks)"
 
 
+#: ``--task-chunk auto`` on a CPU: about this many tasks per chunk (their activations stay in cache).
+AUTO_TASKS_PER_CHUNK = 4
+
+
+def resolve_task_chunk(spec: str | int | None, meta_batch: int, platform: str) -> int | None:
+    """``MAMLConfig.task_chunk`` for ``--task-chunk``: ``"none"`` / ``None``, an integer, or ``"auto"``.
+
+    ``"auto"``: no chunking on an accelerator (one vmap is what a GPU wants); on a CPU,
+    ``ceil(meta_batch / c)`` tasks per chunk with ``c = min(TASK_CHUNK_UNROLL_LIMIT,
+    ceil(meta_batch / AUTO_TASKS_PER_CHUNK))`` chunks, i.e. about 4 tasks per chunk and never
+    more chunks than :func:`metarl_jax.maml.map_tasks` unrolls (second order, navigation, 20
+    tasks: 5 chunks of 4; see ``docs/benchmarks.md`` for the measurements behind it).
+    """
+    from metarl_jax.maml import TASK_CHUNK_UNROLL_LIMIT
+
+    if spec is None or spec == "none":
+        return None
+    if spec != "auto":
+        try:
+            chunk = int(spec)
+        except ValueError:
+            raise ValueError(f"--task-chunk={spec!r} is invalid: allowed are 'auto', 'none' or an integer >= 1") from None
+        if chunk < 1:
+            raise ValueError(f"--task-chunk={spec!r} is invalid: allowed are 'auto', 'none' or an integer >= 1")
+        return chunk
+    if platform != "cpu" or meta_batch <= AUTO_TASKS_PER_CHUNK:
+        return None
+    chunks = min(TASK_CHUNK_UNROLL_LIMIT, -(-meta_batch // AUTO_TASKS_PER_CHUNK))
+    return -(-meta_batch // chunks)
+
+
 def run_config(task: str, learner_name: str, meta_batch: int, order: int, iters: int, warmup: int,
-               task_chunk: int | None, precision: str, flops_mode: str, budget_s: float | None) -> dict:
+               task_chunk: str | int | None, precision: str, flops_mode: str, budget_s: float | None) -> dict:
+    chunk_spec = task_chunk
+    task_chunk = resolve_task_chunk(chunk_spec, meta_batch, jax.devices()[0].platform)
     bench = LEARNERS[learner_name](task, order, task_chunk)
     step, state = _make_step(bench, meta_batch)
     jitted = jax.jit(step, donate_argnums=0)
@@ -306,6 +339,7 @@ def run_config(task: str, learner_name: str, meta_batch: int, order: int, iters:
         "order": int(order),
         "estimator": bench.maml.estimator,
         "task_chunk": task_chunk,
+        "task_chunk_spec": str(chunk_spec),
         "precision": precision,
         "episodes": bench.episodes_per_task // 2,
         "horizon": bench.horizon,
@@ -359,7 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--order", nargs="+", type=int, choices=(1, 2), default=[1, 2])
     parser.add_argument("--iters", type=int, default=10, help="timed iterations per configuration")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations after the first call")
-    parser.add_argument("--task-chunk", type=int, default=None, help="MAMLConfig.task_chunk (default: vmap all)")
+    parser.add_argument("--task-chunk", default="auto",
+                        help="MAMLConfig.task_chunk: 'auto' (default: about 4 tasks per chunk on a CPU, at "
+                             "most 8 chunks; one vmap on a GPU), 'none' (one vmap) or an integer")
     parser.add_argument("--precision", choices=("default", "high", "highest"), default="default",
                         help="jax.default_matmul_precision for the whole run")
     parser.add_argument("--compare-torch", action="store_true",
@@ -372,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
         parser.error("--iters must be >= 1 and --warmup >= 0")
+    try:
+        resolve_task_chunk(args.task_chunk, 1, "cpu")
+    except ValueError as err:
+        parser.error(str(err))
 
     meta_batches = [2**k for k in range(13)] if args.sweep else _ints(args.meta_batch)
     precision = args.precision

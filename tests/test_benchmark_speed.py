@@ -1,0 +1,38 @@
+"""``experiments.benchmark_speed``: the ``--task-chunk`` rule and the command line (tiny run)."""
+
+import json
+
+import pytest
+
+from experiments import benchmark_speed as bs
+from metarl_jax.maml import TASK_CHUNK_UNROLL_LIMIT
+
+
+@pytest.mark.parametrize("meta_batch, expected", [(1, None), (4, None), (5, 3), (8, 4), (20, 4), (100, 13),
+                                                  (4096, 512)])
+def test_auto_task_chunk_on_cpu(meta_batch, expected):
+    chunk = bs.resolve_task_chunk("auto", meta_batch, "cpu")
+    assert chunk == expected
+    if chunk is not None:  # never more chunks than map_tasks unrolls, and every task in one
+        assert -(-meta_batch // chunk) <= TASK_CHUNK_UNROLL_LIMIT
+
+
+def test_task_chunk_spec_values_and_errors():
+    assert bs.resolve_task_chunk("auto", 1000, "gpu") is None
+    assert bs.resolve_task_chunk("none", 1000, "cpu") is None
+    assert bs.resolve_task_chunk("7", 20, "cpu") == 7
+    with pytest.raises(ValueError, match="--task-chunk='0' is invalid"):
+        bs.resolve_task_chunk("0", 20, "cpu")
+    with pytest.raises(ValueError, match="--task-chunk='some' is invalid: allowed are 'auto', 'none'"):
+        bs.resolve_task_chunk("some", 20, "cpu")
+
+
+def test_cli_prints_a_record_with_the_resolved_chunk(capsys, monkeypatch):
+    monkeypatch.setattr(bs, "EPISODES", 2)
+    monkeypatch.setattr(bs, "HORIZON", 3)
+    monkeypatch.setitem(bs.TASKS, "navigation", {"horizon": 3})
+    assert bs.main(["--meta-batch", "6", "--order", "2", "--iters", "1", "--warmup", "0", "--no-flops"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    (record,) = [r for r in lines if r.get("impl") == "metarl_jax"]
+    assert (record["meta_batch"], record["order"], record["task_chunk"], record["task_chunk_spec"]) == (6, 2, 3, "auto")
+    assert record["horizon"] == 3 and record["median_s_per_iter"] > 0

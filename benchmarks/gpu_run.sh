@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU benchmark run (about 7 minutes on one H100/H200): the navigation speed
+# One prepared GPU benchmark run (about 8 minutes at most on one H100/H200): the navigation speed
 # targets, the throughput sweep of every learner, and the PyTorch task-loop reference on the
 # same GPU. Every record is one JSON line; results go to $OUT (default: results/gpu).
 #
@@ -40,11 +40,13 @@ step() {  # step NAME SECONDS COMMAND...: run COMMAND with a limit, JSON lines t
 }
 
 # 1. The targets: second order, navigation, 20 / 1000 / 4096 tasks (ms per meta-iteration, env-steps/s).
-step targets 150 "$PY" -m experiments.benchmark_speed --meta-batch 20 1000 4096 --order 2 --iters 20 --warmup 3
+step targets 120 "$PY" -m experiments.benchmark_speed --meta-batch 20 1000 4096 --order 2 --iters 20 --warmup 3
+#    The same with the rollout's time loop unrolled 10x (each GPU loop iteration costs a host round trip).
+step targets_unroll10 90 "$PY" -m experiments.benchmark_speed --meta-batch 20 1000 4096 --order 2 --iters 20 --warmup 3 --rollout-unroll 10 --no-flops
 # 2. The PyTorch task-loop reference on the same GPU, 20 tasks, both orders (the JAX side is in step 1 and 3).
-step torch_gpu 90 "$PY" -m benchmarks.torch_reference --device cuda --meta-batch 20 --order 2 --iters 5 --warmup 1
+step torch_gpu 60 "$PY" -m benchmarks.torch_reference --device cuda --meta-batch 20 --order 2 --iters 5 --warmup 1
 # 3. Throughput sweep 1..4096 tasks, first and second order, every learner (budget per configuration).
-step sweep_pg 120 "$PY" -m experiments.benchmark_speed --sweep --order 1 2 --iters 10 --budget-s 12 --no-flops
-step sweep_ac 60 "$PY" -m experiments.benchmark_speed --sweep --learner ac --order 2 --iters 5 --budget-s 8 --no-flops
-step sweep_q 60 "$PY" -m experiments.benchmark_speed --sweep --learner q --task tabular_mdp --order 2 --iters 5 --budget-s 8 --no-flops
+step sweep_pg 100 "$PY" -m experiments.benchmark_speed --sweep --order 1 2 --iters 10 --budget-s 12 --no-flops
+step sweep_ac 45 "$PY" -m experiments.benchmark_speed --sweep --learner ac --order 2 --iters 5 --budget-s 8 --no-flops
+step sweep_q 45 "$PY" -m experiments.benchmark_speed --sweep --learner q --task tabular_mdp --order 2 --iters 5 --budget-s 8 --no-flops
 echo "done in ${SECONDS}s; results in $OUT"

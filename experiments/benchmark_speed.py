@@ -91,46 +91,47 @@ class Bench:
     horizon: int
 
 
-def build_pg(task: str, order: int, task_chunk: int | None) -> Bench:
+def build_pg(task: str, order: int, task_chunk: int | None, rollout_unroll: int = 1) -> Bench:
     """REINFORCE inner learner, linear baseline, standardised advantages, step normalisation."""
     family = make_family(task, **TASKS[task])
     policy = make_policy_for(family, hidden_sizes=HIDDEN, activation="relu")
     pg = PGConfig(num_inner_episodes=EPISODES, num_outer_episodes=EPISODES, horizon=HORIZON, gamma=GAMMA,
-                  baseline="linear", standardize_advantages=True, normalize="step")
+                  baseline="linear", standardize_advantages=True, normalize="step", rollout_unroll=rollout_unroll)
     estimator = "dice" if order == 2 else "first_order"
     maml = MAMLConfig(inner_steps=1, inner_lr=INNER_LR, estimator=estimator, task_chunk=task_chunk)
     return Bench(PolicyGradientLearner(family, policy, pg), family, maml,
                  pg.num_inner_episodes + pg.num_outer_episodes, pg.horizon)
 
 
-def build_ac(task: str, order: int, task_chunk: int | None) -> Bench:
+def build_ac(task: str, order: int, task_chunk: int | None, rollout_unroll: int = 1) -> Bench:
     """Actor-critic inner learner: separate actor and critic MLPs, GAE(0.95), both adapted."""
     from metarl_jax.actor_critic import ACConfig, ActorCriticLearner
 
     family = make_family(task, **TASKS[task])
     policy = make_policy_for(family, hidden_sizes=HIDDEN, activation="relu")
     ac = ACConfig(num_inner_episodes=EPISODES, num_outer_episodes=EPISODES, horizon=HORIZON, gamma=GAMMA,
-                  normalize="step")
+                  normalize="step", rollout_unroll=rollout_unroll)
     estimator = "dice" if order == 2 else "first_order"
     maml = MAMLConfig(inner_steps=1, inner_lr=INNER_LR, estimator=estimator, task_chunk=task_chunk)
     return Bench(ActorCriticLearner(family, policy, ac, critic_hidden_sizes=HIDDEN), family, maml,
                  ac.num_inner_episodes + ac.num_outer_episodes, ac.horizon)
 
 
-def build_q(task: str, order: int, task_chunk: int | None) -> Bench:
+def build_q(task: str, order: int, task_chunk: int | None, rollout_unroll: int = 1) -> Bench:
     """Q-learning inner learner: MLP Q-network, Boltzmann behaviour, TD outer loss (discrete actions only)."""
     from metarl_jax.q_learning import QConfig, QLearner, q_network_for
 
     family = make_family(task, **TASKS[task])
     network = q_network_for(family, hidden_sizes=HIDDEN)  # raises a clear error for continuous actions
-    q = QConfig(num_inner_episodes=EPISODES, num_outer_episodes=EPISODES, horizon=HORIZON, gamma=GAMMA)
+    q = QConfig(num_inner_episodes=EPISODES, num_outer_episodes=EPISODES, horizon=HORIZON, gamma=GAMMA,
+                rollout_unroll=rollout_unroll)
     estimator = "dice" if order == 2 else "first_order"
     maml = MAMLConfig(inner_steps=1, inner_lr=INNER_LR, estimator=estimator, task_chunk=task_chunk)
     return Bench(QLearner(family, network, q), family, maml, q.num_inner_episodes + q.num_outer_episodes, q.horizon)
 
 
-#: name -> builder(task, order, task_chunk) -> Bench.
-LEARNERS: dict[str, Callable[[str, int, int | None], Bench]] = {"pg": build_pg, "ac": build_ac, "q": build_q}
+#: name -> builder(task, order, task_chunk, rollout_unroll) -> Bench.
+LEARNERS: dict[str, Callable[[str, int, int | None, int], Bench]] = {"pg": build_pg, "ac": build_ac, "q": build_q}
 
 
 # ----------------------------------------------------------------------------- machine
@@ -223,16 +224,11 @@ def _make_step(bench: Bench, meta_batch: int):
 
 
 def _unrolled_flops(bench: Bench, meta_batch: int) -> float | None:
-    import metarl_jax.rollout as rollout_module
-
-    twin = dataclasses.replace(bench, maml=dataclasses.replace(bench.maml, task_chunk=None))
+    learner = bench.learner
+    learner = dataclasses.replace(learner, config=dataclasses.replace(learner.config, rollout_unroll=bench.horizon))
+    twin = dataclasses.replace(bench, learner=learner, maml=dataclasses.replace(bench.maml, task_chunk=None))
     step, state = _make_step(twin, meta_batch)
-    previous = rollout_module.SCAN_UNROLL
-    rollout_module.SCAN_UNROLL = True
-    try:
-        return _flops(jax.jit(step).lower(state).compile())
-    finally:
-        rollout_module.SCAN_UNROLL = previous
+    return _flops(jax.jit(step).lower(state).compile())
 
 
 _FLOPS_CACHE: dict[tuple, tuple[float, float] | None] = {}
@@ -247,9 +243,7 @@ def count_flops(bench: Bench, meta_batch: int, key: tuple) -> tuple[float | None
     the twin is compiled for 1 and 2 tasks (cheap) and the line is evaluated at
     ``meta_batch`` (checked against a direct count at 20 tasks: within 0.02%).
     """
-    import metarl_jax.rollout as rollout_module
-
-    if getattr(rollout_module, "SCAN_UNROLL", None) is None:
+    if not hasattr(getattr(bench.learner, "config", None), "rollout_unroll"):
         return None, "unavailable"
     if key not in _FLOPS_CACHE:
         one, two = _unrolled_flops(bench, 1), _unrolled_flops(bench, 2)
@@ -292,10 +286,11 @@ def resolve_task_chunk(spec: str | int | None, meta_batch: int, platform: str) -
 
 
 def run_config(task: str, learner_name: str, meta_batch: int, order: int, iters: int, warmup: int,
-               task_chunk: str | int | None, precision: str, flops_mode: str, budget_s: float | None) -> dict:
+               task_chunk: str | int | None, precision: str, flops_mode: str, budget_s: float | None,
+               rollout_unroll: int = 1) -> dict:
     chunk_spec = task_chunk
     task_chunk = resolve_task_chunk(chunk_spec, meta_batch, jax.devices()[0].platform)
-    bench = LEARNERS[learner_name](task, order, task_chunk)
+    bench = LEARNERS[learner_name](task, order, task_chunk, rollout_unroll)
     step, state = _make_step(bench, meta_batch)
     jitted = jax.jit(step, donate_argnums=0)
 
@@ -340,6 +335,7 @@ def run_config(task: str, learner_name: str, meta_batch: int, order: int, iters:
         "estimator": bench.maml.estimator,
         "task_chunk": task_chunk,
         "task_chunk_spec": str(chunk_spec),
+        "rollout_unroll": int(rollout_unroll),
         "precision": precision,
         "episodes": bench.episodes_per_task // 2,
         "horizon": bench.horizon,
@@ -396,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task-chunk", default="auto",
                         help="MAMLConfig.task_chunk: 'auto' (default: about 4 tasks per chunk on a CPU, at "
                              "most 8 chunks; one vmap on a GPU), 'none' (one vmap) or an integer")
+    parser.add_argument("--rollout-unroll", type=int, default=1,
+                        help="time steps per loop iteration of the rollout scans (learner config rollout_unroll)")
     parser.add_argument("--precision", choices=("default", "high", "highest"), default="default",
                         help="jax.default_matmul_precision for the whole run")
     parser.add_argument("--compare-torch", action="store_true",
@@ -426,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     record = run_config(args.task, args.learner, meta_batch, order, args.iters, args.warmup,
                                         args.task_chunk, precision, "none" if args.no_flops else "auto",
-                                        args.budget_s if args.sweep else None)
+                                        args.budget_s if args.sweep else None, args.rollout_unroll)
                 except Exception as err:  # noqa: BLE001 - a sweep stops at the first failure (e.g. memory)
                     print(json.dumps({"task": args.task, "meta_batch": meta_batch, "order": order,
                                       "error": f"{type(err).__name__}: {err}"[:500]}), flush=True)

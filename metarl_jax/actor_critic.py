@@ -95,7 +95,7 @@ import numpy as np
 from flax import struct
 
 from metarl_jax import losses
-from metarl_jax.learners import NORMALIZATIONS, _require
+from metarl_jax.learners import NORMALIZATIONS, _require, _require_unroll
 from metarl_jax.networks import (
     ACTIVATIONS,
     LOG_2PI,
@@ -147,6 +147,10 @@ class ACConfig:
         targets; 1 keeps the outer surrogate unbiased.
       bootstrap_at_horizon: bootstrap ``V(s_T)`` at the rollout horizon (an
         infinite-horizon view) instead of ending the return there.
+      rollout_unroll: execution only (identical results): ``unroll`` of the rollout's
+        ``lax.scan`` over time. ``k > 1`` runs ``k`` steps per loop iteration: longer
+        compiles, fewer loop iterations (on a GPU each one costs a device-to-host
+        round trip for the loop condition).
     """
 
     num_inner_episodes: int = 20
@@ -164,8 +168,10 @@ class ACConfig:
     outer_baseline: str = "critic"
     outer_gae_lambda: float = 1.0
     bootstrap_at_horizon: bool = False
+    rollout_unroll: int = 1
 
     def __post_init__(self):
+        _require_unroll(self.rollout_unroll)
         for name in ("num_inner_episodes", "num_outer_episodes", "horizon"):
             value = getattr(self, name)
             _require(_is_int(value) and value >= 1, name, value, "must be an integer >= 1")
@@ -424,12 +430,14 @@ class ActorCriticLearner:
 
     def collect(self, key: jax.Array, params, task) -> Trajectory:
         cfg = self.config
-        return rollout(key, self.env, self.model, params, task, cfg.num_inner_episodes, cfg.horizon)
+        return rollout(key, self.env, self.model, params, task, cfg.num_inner_episodes, cfg.horizon,
+                       cfg.rollout_unroll)
 
     def collect_outer(self, key: jax.Array, params, task) -> "OuterTrajectory":
         """Outer data, with the outer surrogate's scale ``c`` (see :meth:`objective_estimate`) attached."""
         cfg = self.config
-        traj = rollout(key, self.env, self.model, params, task, cfg.num_outer_episodes, cfg.horizon)
+        traj = rollout(key, self.env, self.model, params, task, cfg.num_outer_episodes, cfg.horizon,
+                       cfg.rollout_unroll)
         scale = self.outer_surrogate_scale(jax.lax.stop_gradient(params), traj)
         return OuterTrajectory(**{f.name: getattr(traj, f.name) for f in dataclasses.fields(traj)},
                                surrogate_scale=scale)

@@ -41,6 +41,12 @@ def _require(cond: bool, field: str, value, allowed: str) -> None:
         raise ValueError(f"{field}={value!r} is invalid: {allowed}")
 
 
+def _require_unroll(value) -> None:
+    """``rollout_unroll`` of the learner configs: an integer >= 1 (``bool`` is not accepted)."""
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, "rollout_unroll", value,
+             "must be an integer >= 1 (time steps per loop iteration of the rollout)")
+
+
 @dataclasses.dataclass(frozen=True)
 class PGConfig:
     """Policy-gradient inner learner (REINFORCE with optional baseline).
@@ -56,6 +62,10 @@ class PGConfig:
       normalize: ``"episode"``: surrogate = sum over time, mean over episodes (its
         gradient estimates grad J); ``"step"``: mean over all valid steps (grad J / T,
         the convention of pytorch-maml-rl and learn2learn, whose step sizes assume it).
+      rollout_unroll: execution only (identical results): ``unroll`` of the rollout's
+        ``lax.scan`` over time. ``k > 1`` runs ``k`` steps per loop iteration: longer
+        compiles, fewer loop iterations (on a GPU each one costs a device-to-host
+        round trip for the loop condition).
     """
 
     num_inner_episodes: int = 20
@@ -65,6 +75,7 @@ class PGConfig:
     baseline: str = "linear"
     standardize_advantages: bool = True
     normalize: str = "episode"
+    rollout_unroll: int = 1
 
     def __post_init__(self):
         _require(int(self.num_inner_episodes) >= 1, "num_inner_episodes", self.num_inner_episodes, "must be an integer >= 1")
@@ -73,6 +84,7 @@ class PGConfig:
         _require(0.0 < self.gamma <= 1.0, "gamma", self.gamma, "must be in (0, 1]")
         _require(self.baseline in BASELINES, "baseline", self.baseline, f"allowed values are {BASELINES}")
         _require(self.normalize in NORMALIZATIONS, "normalize", self.normalize, f"allowed values are {NORMALIZATIONS}")
+        _require_unroll(self.rollout_unroll)
 
 
 def pg_advantages(traj: Trajectory, gamma: float, baseline: str, standardize: bool) -> jax.Array:
@@ -108,11 +120,13 @@ class PolicyGradientLearner:
 
     def collect(self, key: jax.Array, params, task) -> Trajectory:
         cfg = self.config
-        return rollout(key, self.env, self.policy, params, task, cfg.num_inner_episodes, cfg.horizon)
+        return rollout(key, self.env, self.policy, params, task, cfg.num_inner_episodes, cfg.horizon,
+                       cfg.rollout_unroll)
 
     def collect_outer(self, key: jax.Array, params, task) -> Trajectory:
         cfg = self.config
-        return rollout(key, self.env, self.policy, params, task, cfg.num_outer_episodes, cfg.horizon)
+        return rollout(key, self.env, self.policy, params, task, cfg.num_outer_episodes, cfg.horizon,
+                       cfg.rollout_unroll)
 
     def advantages(self, traj: Trajectory) -> jax.Array:
         cfg = self.config

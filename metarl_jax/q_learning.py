@@ -108,7 +108,7 @@ import optax
 from flax import struct
 
 from metarl_jax import losses
-from metarl_jax.learners import _require
+from metarl_jax.learners import _require, _require_unroll
 from metarl_jax.networks import ACTIVATIONS, MLP
 from metarl_jax.rollout import Trajectory, rollout
 
@@ -139,6 +139,10 @@ class QConfig:
       outer: ``"td"`` | ``"return"``.
       normalize: ``"step"``: losses are means over valid steps; ``"episode"``:
         sums over time, means over episodes.
+      rollout_unroll: execution only (identical results): ``unroll`` of the rollout's
+        ``lax.scan`` over time. ``k > 1`` runs ``k`` steps per loop iteration: longer
+        compiles, fewer loop iterations (on a GPU each one costs a device-to-host
+        round trip for the loop condition).
     """
 
     num_inner_episodes: int = 10
@@ -152,8 +156,10 @@ class QConfig:
     target: str = "semi_gradient"
     outer: str = "td"
     normalize: str = "step"
+    rollout_unroll: int = 1
 
     def __post_init__(self):
+        _require_unroll(self.rollout_unroll)
         for name in ("num_inner_episodes", "num_outer_episodes", "horizon"):
             value = getattr(self, name)
             _require(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1,
@@ -417,13 +423,14 @@ class QLearner:
         """``E`` episodes of the behaviour policy of ``Q_params`` (not differentiated)."""
         cfg = self.config
         return rollout(key, self.env, self.behaviour_policy, params["online"], task,
-                       cfg.num_inner_episodes, cfg.horizon)
+                       cfg.num_inner_episodes, cfg.horizon, cfg.rollout_unroll)
 
     def collect_outer(self, key: jax.Array, params, task) -> OuterBatch:
         """``E'`` episodes of the behaviour (``outer="td"``) or Boltzmann (``"return"``) policy of ``phi_K``."""
         cfg = self.config
         policy = self.behaviour_policy if cfg.outer == "td" else self.boltzmann_policy
-        traj = rollout(key, self.env, policy, params["online"], task, cfg.num_outer_episodes, cfg.horizon)
+        traj = rollout(key, self.env, policy, params["online"], task, cfg.num_outer_episodes, cfg.horizon,
+                       cfg.rollout_unroll)
         if cfg.outer == "td":
             objective = -self.td_loss(jax.lax.stop_gradient(params), traj)
         else:

@@ -24,11 +24,6 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-#: ``unroll`` of the time scan (``True`` unrolls it fully, which lets XLA's cost
-#: analysis count every step: ``experiments.benchmark_speed`` uses that).
-SCAN_UNROLL: int | bool = 1
-
-
 @struct.dataclass
 class Trajectory:
     """A batch of episodes of one task; every array has leading shape ``[E, T]``.
@@ -62,7 +57,8 @@ class Trajectory:
         return jnp.sum(self.reward * self.mask * discounts, axis=-1)
 
 
-def rollout(key: jax.Array, env, policy, policy_params, task, num_episodes: int, horizon: int) -> Trajectory:
+def rollout(key: jax.Array, env, policy, policy_params, task, num_episodes: int, horizon: int,
+            unroll: int | bool = 1) -> Trajectory:
     """Sample ``num_episodes`` episodes of ``horizon`` steps of ``policy`` on one task.
 
     Args:
@@ -72,6 +68,9 @@ def rollout(key: jax.Array, env, policy, policy_params, task, num_episodes: int,
       policy_params: its parameters (not differentiated through: stop_gradient).
       task: the task's ``EnvParams`` (unbatched).
       num_episodes, horizon: static sizes ``E`` and ``T``.
+      unroll: ``unroll`` of the ``lax.scan`` over time (execution only: the same numbers;
+        ``True`` or ``horizon`` unrolls it fully, which also lets XLA's cost analysis count
+        every step).
 
     Returns:
       A :class:`Trajectory` with arrays ``[E, T, ...]``.
@@ -106,7 +105,7 @@ def rollout(key: jax.Array, env, policy, policy_params, task, num_episodes: int,
 
     alive0 = jnp.ones((num_episodes,), bool)
     _, (obs_t, act_t, rew_t, done_t, alive_t, next_obs_t) = jax.lax.scan(
-        step, (obs, state, alive0), (action_rng, env_keys), unroll=SCAN_UNROLL
+        step, (obs, state, alive0), (action_rng, env_keys), unroll=unroll
     )
     swap = lambda x: jnp.swapaxes(x, 0, 1)  # [T, E, ...] -> [E, T, ...]
     return Trajectory(

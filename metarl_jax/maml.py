@@ -70,6 +70,14 @@ class MAMLConfig:
       remat: rematerialise each inner step in the backward pass (``jax.checkpoint``):
         memory of the K-step adaptation stops growing with K's activations, at the
         price of recomputing each inner step's forward pass. Results are identical.
+      accumulate_chunks: with ``task_chunk``, :func:`make_meta_gradient` differentiates
+        each chunk on its own inside a ``lax.scan`` over chunks and sums the gradients
+        (gradient accumulation): memory holds one chunk's activations instead of the
+        whole meta-batch's, so meta-batches far beyond memory run. The gradient equals
+        the un-chunked one up to float rounding, the leave-one-out DiCE baseline
+        included (:func:`accumulated_meta_gradient` assembles it from per-chunk sums);
+        it is a first derivative to hand to an optimizer, not a function to
+        differentiate again (use :func:`meta_loss` for that).
     """
 
     inner_steps: int = 1
@@ -79,6 +87,7 @@ class MAMLConfig:
     score_baseline: str = "leave_one_out"
     task_chunk: int | None = None
     remat: bool = False
+    accumulate_chunks: bool = False
 
     def __post_init__(self):
         _require(int(self.inner_steps) >= 1, "inner_steps", self.inner_steps, "must be an integer >= 1")
@@ -88,6 +97,8 @@ class MAMLConfig:
                  "must be None or an integer >= 1")
         _require(self.score_baseline in SCORE_BASELINES, "score_baseline", self.score_baseline,
                  f"allowed values are {SCORE_BASELINES}")
+        _require(not self.accumulate_chunks or self.task_chunk is not None, "accumulate_chunks",
+                 self.accumulate_chunks, "needs task_chunk (the number of tasks differentiated at once)")
 
     @property
     def first_order(self) -> bool:
@@ -275,14 +286,97 @@ def make_meta_gradient(learner, config: MAMLConfig, inner_optimizer=None) -> Cal
     A pure function of its arguments: ``jax.jit`` it, ``jax.vmap`` it over
     seeds, or differentiate it again. ``grads`` has the structure of
     ``meta_params``; ``metrics`` are the adaptation statistics of the batch.
+    With ``config.accumulate_chunks`` the gradient is accumulated chunk by chunk
+    (:func:`accumulated_meta_gradient`; same values, one chunk's memory).
     """
     loss_fn = make_meta_loss(learner, config, inner_optimizer)
 
     def meta_gradient(meta_params, tasks, key):
+        if config.accumulate_chunks and config.task_chunk < num_tasks_in(tasks):
+            return accumulated_meta_gradient(learner, config, meta_params, tasks, key, inner_optimizer)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(meta_params, tasks, key)
         return loss, grads, metrics
 
     return meta_gradient
+
+
+def accumulated_meta_gradient(learner, config: MAMLConfig, meta_params, tasks, key, inner_optimizer=None):
+    """The meta-gradient of :func:`meta_loss`, accumulated over chunks of ``config.task_chunk`` tasks.
+
+    Per task ``i`` (keys split exactly as in :func:`meta_loss`): outer loss ``o_i``, score
+    sum ``S_i`` and objective estimate ``V_i``. The gradient of the meta-loss is
+
+        g = 1/N [ sum_i grad o_i - sum_i a_i grad S_i ],   a_i = V_i - b_i   (dice; else a_i = 0)
+
+    and with the leave-one-out baseline ``b_i = (sum_j V_j - V_i) / (N - 1)``,
+    ``a_i = N/(N-1) V_i - sum_j V_j / (N-1)``: a part known inside the task's chunk and a
+    part that needs every chunk. So each chunk runs one forward pass and pulls back two
+    cotangents through it, ``(1, -N/(N-1) V_i)`` and ``(0, 1)``, giving
+    ``P_c = sum_{i in c} [grad o_i - N/(N-1) V_i grad S_i]`` and ``Q_c = sum_{i in c} grad S_i``;
+    then ``g = 1/N [sum_c P_c + (sum_j V_j) / (N-1) sum_c Q_c]``. (``score_baseline="none"``:
+    ``a_i = V_i``, one cotangent.) Chunks run in a ``lax.scan`` (a last, smaller chunk
+    separately), so only one chunk's residuals are alive at a time.
+
+    Returns ``(loss, grads, metrics)`` like :func:`make_meta_gradient`'s function.
+    """
+    num_tasks = num_tasks_in(tasks)
+    chunk = int(config.task_chunk)
+    keys = jax.random.split(key, num_tasks)
+    dice = config.estimator == "dice"
+    loo = dice and config.score_baseline == "leave_one_out" and num_tasks > 1
+    score_weight = num_tasks / (num_tasks - 1) if loo else 1.0
+
+    def chunk_objectives(mp, chunk_tasks, chunk_keys):
+        def per_task(task_and_key):
+            task, task_key = task_and_key
+            outer_loss, log_prob_sum, value, metrics = task_meta_objective(
+                learner, config, mp, task, task_key, inner_optimizer)
+            return (outer_loss, log_prob_sum), (value, metrics)
+
+        return jax.vmap(per_task)((chunk_tasks, chunk_keys))
+
+    def chunk_gradient(chunk_tasks, chunk_keys):
+        (outer_losses, log_prob_sums), pullback, (values, metrics) = jax.vjp(
+            lambda mp: chunk_objectives(mp, chunk_tasks, chunk_keys), meta_params, has_aux=True)
+        values = jax.lax.stop_gradient(values)
+        ones = jnp.ones_like(outer_losses)
+        score_ct = (-score_weight * values).astype(log_prob_sums.dtype) if dice else jnp.zeros_like(log_prob_sums)
+        (p_grad,) = pullback((ones, score_ct))
+        if loo:
+            (q_grad,) = pullback((jnp.zeros_like(outer_losses), jnp.ones_like(log_prob_sums)))
+        else:
+            q_grad = jax.tree.map(jnp.zeros_like, p_grad)
+        return p_grad, q_grad, outer_losses, values, metrics
+
+    num_full = num_tasks // chunk
+    split = lambda x, n: x[: n * chunk].reshape((n, chunk) + x.shape[1:])
+    full_tasks = jax.tree.map(lambda x: split(x, num_full), tasks)
+    zeros = jax.tree.map(jnp.zeros_like, meta_params)
+
+    def body(carry, xs):
+        p_acc, q_acc = carry
+        p_grad, q_grad, outer_losses, values, metrics = chunk_gradient(*xs)
+        carry = (jax.tree.map(jnp.add, p_acc, p_grad), jax.tree.map(jnp.add, q_acc, q_grad))
+        return carry, (outer_losses, values, metrics)
+
+    (p_sum, q_sum), (outer_losses, values, metrics) = jax.lax.scan(
+        body, (zeros, zeros), (full_tasks, split(keys, num_full)))
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])
+    outer_losses, values, metrics = jax.tree.map(flat, (outer_losses, values, metrics))
+    if num_tasks % chunk:  # the last, smaller chunk
+        rest = num_full * chunk
+        p_grad, q_grad, r_losses, r_values, r_metrics = chunk_gradient(
+            jax.tree.map(lambda x: x[rest:], tasks), keys[rest:])
+        p_sum, q_sum = jax.tree.map(jnp.add, p_sum, p_grad), jax.tree.map(jnp.add, q_sum, q_grad)
+        outer_losses, values, metrics = jax.tree.map(
+            lambda a, b: jnp.concatenate([a, b], axis=0), (outer_losses, values, metrics), (r_losses, r_values, r_metrics))
+    chex.assert_shape(outer_losses, (num_tasks,))
+    total_value = jnp.sum(values)
+    q_coef = total_value / (num_tasks - 1) if loo else 0.0
+    grads = jax.tree.map(lambda p, q: (p + q_coef * q) / num_tasks, p_sum, q_sum)
+    summary = {name: jnp.mean(value, axis=0) for name, value in metrics.items()}
+    summary["per_task_post_adaptation_return"] = metrics["post_adaptation_return"]
+    return jnp.mean(outer_losses), grads, summary
 
 
 class MetaTrainState(NamedTuple):

@@ -169,3 +169,62 @@ def test_shared_forward_dice_equals_separate_passes(inner_steps):
         naive = MAMLConfig(inner_steps=inner_steps, inner_lr=0.7, estimator="naive")
         g_naive = jax.jit(jax.grad(lambda x: make_meta_loss(LEARNER, naive)(unravel(x), tasks, key)[0]))(flat)
         assert float(jnp.max(jnp.abs(g_naive - g_shared))) > 1e-3
+
+
+@pytest.mark.parametrize("estimator, score_baseline", [("dice", "leave_one_out"), ("dice", "none"),
+                                                       ("first_order", "leave_one_out")])
+def test_accumulated_chunks_equal_the_whole_batch_gradient(estimator, score_baseline):
+    """``accumulate_chunks``: 5 tasks in chunks of 2 (a scan of 2 chunks plus a last chunk of 1)
+    give the meta-gradient, loss and metrics of one vmapped batch (float64, to rounding),
+    the leave-one-out DiCE baseline (which couples all tasks) included."""
+    with jax.enable_x64(True):
+        whole = MAMLConfig(inner_steps=2, inner_lr=0.7, estimator=estimator, score_baseline=score_baseline)
+        accumulated = MAMLConfig(inner_steps=2, inner_lr=0.7, estimator=estimator, score_baseline=score_baseline,
+                                 task_chunk=2, accumulate_chunks=True)
+        meta_params = _random_init(jax.random.PRNGKey(5), init_meta_params(jax.random.PRNGKey(0), LEARNER, whole))
+        meta_params = jax.tree.map(lambda x: x.astype(jnp.float64), meta_params)
+        tasks = sample_tasks(ENV, jax.random.PRNGKey(1), 5)
+        key = jax.random.PRNGKey(8)
+        l1, g1, m1 = jax.jit(make_meta_gradient(LEARNER, whole))(meta_params, tasks, key)
+        l2, g2, m2 = jax.jit(make_meta_gradient(LEARNER, accumulated))(meta_params, tasks, key)
+        # Rewards and advantages are float32 (rollout data), so agreement is to float32 rounding.
+        np.testing.assert_allclose(float(l1), float(l2), rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(a))))
+        assert set(m1) == set(m2)
+        for name in m1:
+            np.testing.assert_allclose(np.asarray(m1[name]), np.asarray(m2[name]), rtol=1e-5, atol=1e-8)
+        assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g1)) > 1e-3
+        if estimator == "dice":  # the tolerance is far below what the baseline changes
+            other = "none" if score_baseline == "leave_one_out" else "leave_one_out"
+            g3 = jax.jit(make_meta_gradient(LEARNER, MAMLConfig(inner_steps=2, inner_lr=0.7, estimator="dice",
+                                                                score_baseline=other)))(meta_params, tasks, key)[1]
+            gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g3)))
+            assert gap > 1e-3, gap
+
+
+def test_accumulated_chunks_use_one_chunks_memory():
+    """The point of accumulating: the compiled program's temporary memory is that of one chunk,
+    not of the meta-batch (16 navigation tasks in chunks of 2: under a third of the vmapped size)."""
+    from metarl_jax.networks import GaussianPolicy
+    from metarl_jax.tasks.navigation import Navigation2D
+
+    family = Navigation2D(horizon=20)
+    learner = PolicyGradientLearner(family, GaussianPolicy(2, (32, 32)),
+                                    PGConfig(num_inner_episodes=8, num_outer_episodes=8, horizon=20))
+    tasks = sample_tasks(family, jax.random.PRNGKey(1), 16)
+    sizes = {}
+    for name, config in {"vmap": MAMLConfig(estimator="dice"),
+                         "accumulate": MAMLConfig(estimator="dice", task_chunk=2, accumulate_chunks=True)}.items():
+        meta_params = init_meta_params(jax.random.PRNGKey(0), learner, config)
+        compiled = jax.jit(make_meta_gradient(learner, config)).lower(meta_params, tasks, jax.random.PRNGKey(2)).compile()
+        memory = compiled.memory_analysis()
+        if memory is None:
+            pytest.skip("this backend reports no memory analysis")
+        sizes[name] = memory.temp_size_in_bytes
+    assert sizes["accumulate"] < sizes["vmap"] / 3, sizes
+
+
+def test_accumulate_chunks_needs_task_chunk():
+    with pytest.raises(ValueError, match="accumulate_chunks=True is invalid: needs task_chunk"):
+        MAMLConfig(accumulate_chunks=True)

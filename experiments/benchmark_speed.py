@@ -258,14 +258,16 @@ def count_flops(bench: Bench, meta_batch: int, key: tuple) -> tuple[float | None
 AUTO_TASKS_PER_CHUNK = 4
 
 
-def resolve_task_chunk(spec: str | int | None, meta_batch: int, platform: str) -> int | None:
+def resolve_task_chunk(spec: str | int | None, meta_batch: int, platform: str, accumulate: bool = False) -> int | None:
     """``MAMLConfig.task_chunk`` for ``--task-chunk``: ``"none"`` / ``None``, an integer, or ``"auto"``.
 
     ``"auto"``: no chunking on an accelerator (one vmap is what a GPU wants); on a CPU,
     ``ceil(meta_batch / c)`` tasks per chunk with ``c = min(TASK_CHUNK_UNROLL_LIMIT,
     ceil(meta_batch / AUTO_TASKS_PER_CHUNK))`` chunks, i.e. about 4 tasks per chunk and never
     more chunks than :func:`metarl_jax.maml.map_tasks` unrolls (second order, navigation, 20
-    tasks: 5 chunks of 4; see ``docs/benchmarks.md`` for the measurements behind it).
+    tasks: 5 chunks of 4; see ``docs/benchmarks.md`` for the measurements behind it). With
+    ``accumulate`` (``MAMLConfig.accumulate_chunks``: a scan over chunks, one chunk's memory)
+    ``"auto"`` is chunks of ``AUTO_TASKS_PER_CHUNK`` tasks on any device.
     """
     from metarl_jax.maml import TASK_CHUNK_UNROLL_LIMIT
 
@@ -279,7 +281,11 @@ def resolve_task_chunk(spec: str | int | None, meta_batch: int, platform: str) -
         if chunk < 1:
             raise ValueError(f"--task-chunk={spec!r} is invalid: allowed are 'auto', 'none' or an integer >= 1")
         return chunk
-    if platform != "cpu" or meta_batch <= AUTO_TASKS_PER_CHUNK:
+    if meta_batch <= AUTO_TASKS_PER_CHUNK:
+        return None
+    if accumulate:
+        return AUTO_TASKS_PER_CHUNK
+    if platform != "cpu":
         return None
     chunks = min(TASK_CHUNK_UNROLL_LIMIT, -(-meta_batch // AUTO_TASKS_PER_CHUNK))
     return -(-meta_batch // chunks)
@@ -287,10 +293,13 @@ def resolve_task_chunk(spec: str | int | None, meta_batch: int, platform: str) -
 
 def run_config(task: str, learner_name: str, meta_batch: int, order: int, iters: int, warmup: int,
                task_chunk: str | int | None, precision: str, flops_mode: str, budget_s: float | None,
-               rollout_unroll: int = 1) -> dict:
+               rollout_unroll: int = 1, accumulate: bool = False) -> dict:
     chunk_spec = task_chunk
-    task_chunk = resolve_task_chunk(chunk_spec, meta_batch, jax.devices()[0].platform)
+    task_chunk = resolve_task_chunk(chunk_spec, meta_batch, jax.devices()[0].platform, accumulate)
     bench = LEARNERS[learner_name](task, order, task_chunk, rollout_unroll)
+    accumulate = accumulate and task_chunk is not None and task_chunk < meta_batch
+    if accumulate:
+        bench = dataclasses.replace(bench, maml=dataclasses.replace(bench.maml, accumulate_chunks=True))
     step, state = _make_step(bench, meta_batch)
     jitted = jax.jit(step, donate_argnums=0)
 
@@ -317,7 +326,9 @@ def run_config(task: str, learner_name: str, meta_batch: int, order: int, iters:
     loss = float(metrics["meta_loss"])
 
     flops, flops_source = None, "none"
-    if flops_mode == "auto":
+    if flops_mode == "auto" and accumulate:  # the unrolled twin would count the un-accumulated program
+        flops_source = "none (accumulate_chunks)"
+    elif flops_mode == "auto":
         flops = _flops(compiled)
         flops_source = "cost_analysis"
         if flops is not None:  # loops (scan rollouts, lax.map chunks) are counted once: recount unrolled
@@ -336,6 +347,7 @@ def run_config(task: str, learner_name: str, meta_batch: int, order: int, iters:
         "task_chunk": task_chunk,
         "task_chunk_spec": str(chunk_spec),
         "rollout_unroll": int(rollout_unroll),
+        "accumulate_chunks": bool(accumulate),
         "precision": precision,
         "episodes": bench.episodes_per_task // 2,
         "horizon": bench.horizon,
@@ -392,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task-chunk", default="auto",
                         help="MAMLConfig.task_chunk: 'auto' (default: about 4 tasks per chunk on a CPU, at "
                              "most 8 chunks; one vmap on a GPU), 'none' (one vmap) or an integer")
+    parser.add_argument("--accumulate", action="store_true",
+                        help="MAMLConfig.accumulate_chunks: the meta-gradient accumulated over task chunks in a "
+                             "scan (one chunk's memory; 'auto' chunks are then 4 tasks on any device)")
     parser.add_argument("--rollout-unroll", type=int, default=1,
                         help="time steps per loop iteration of the rollout scans (learner config rollout_unroll)")
     parser.add_argument("--precision", choices=("default", "high", "highest"), default="default",
@@ -424,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     record = run_config(args.task, args.learner, meta_batch, order, args.iters, args.warmup,
                                         args.task_chunk, precision, "none" if args.no_flops else "auto",
-                                        args.budget_s if args.sweep else None, args.rollout_unroll)
+                                        args.budget_s if args.sweep else None, args.rollout_unroll,
+                                        args.accumulate)
                 except Exception as err:  # noqa: BLE001 - a sweep stops at the first failure (e.g. memory)
                     print(json.dumps({"task": args.task, "meta_batch": meta_batch, "order": order,
                                       "error": f"{type(err).__name__}: {err}"[:500]}), flush=True)

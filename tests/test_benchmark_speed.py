@@ -21,6 +21,8 @@ def test_task_chunk_spec_values_and_errors():
     assert bs.resolve_task_chunk("auto", 1000, "gpu") is None
     assert bs.resolve_task_chunk("none", 1000, "cpu") is None
     assert bs.resolve_task_chunk("7", 20, "cpu") == 7
+    assert bs.resolve_task_chunk("auto", 1000, "gpu", accumulate=True) == bs.AUTO_TASKS_PER_CHUNK
+    assert bs.resolve_task_chunk("auto", 4, "cpu", accumulate=True) is None
     with pytest.raises(ValueError, match="--task-chunk='0' is invalid"):
         bs.resolve_task_chunk("0", 20, "cpu")
     with pytest.raises(ValueError, match="--task-chunk='some' is invalid: allowed are 'auto', 'none'"):

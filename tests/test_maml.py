@@ -35,12 +35,17 @@ def _random_init(key, meta_params):
     return jax.tree.unflatten(treedef, [0.5 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
 
 
+def _float64_init(seed: int, config: MAMLConfig):
+    """Random non-degenerate meta-parameters in float64 (call inside ``jax.enable_x64``)."""
+    meta_params = _random_init(jax.random.PRNGKey(seed), init_meta_params(jax.random.PRNGKey(0), LEARNER, config))
+    return jax.tree.map(lambda x: x.astype(jnp.float64), meta_params)
+
+
 @pytest.mark.parametrize("inner_steps", [1, 3])
 def test_second_order_meta_gradient_matches_finite_differences(inner_steps):
     with jax.enable_x64(True):
         config = MAMLConfig(inner_steps=inner_steps, inner_lr=0.7, estimator="naive")
-        meta_params = _random_init(jax.random.PRNGKey(3), init_meta_params(jax.random.PRNGKey(0), LEARNER, config))
-        meta_params = jax.tree.map(lambda x: x.astype(jnp.float64), meta_params)
+        meta_params = _float64_init(3, config)
         tasks = sample_tasks(ENV, jax.random.PRNGKey(1), 2)
         key = jax.random.PRNGKey(2)
         loss_fn = lambda mp: make_meta_loss(LEARNER, config)(mp, tasks, key)[0]
@@ -67,8 +72,7 @@ def test_first_order_is_second_order_without_the_inner_hessian():
         alpha = 0.7
         so_config = MAMLConfig(inner_steps=1, inner_lr=alpha, estimator="naive")
         fo_config = MAMLConfig(inner_steps=1, inner_lr=alpha, estimator="first_order")
-        meta_params = _random_init(jax.random.PRNGKey(5), init_meta_params(jax.random.PRNGKey(0), LEARNER, so_config))
-        meta_params = jax.tree.map(lambda x: x.astype(jnp.float64), meta_params)
+        meta_params = _float64_init(5, so_config)
         tasks = sample_tasks(ENV, jax.random.PRNGKey(1), 1)
         task = jax.tree.map(lambda x: x[0], tasks)
         key = jax.random.PRNGKey(6)
@@ -151,8 +155,7 @@ def test_shared_forward_dice_equals_separate_passes(inner_steps):
     assert hasattr(LEARNER, "inner_grad_and_log_prob") and not hasattr(separate, "inner_grad_and_log_prob")
     with jax.enable_x64(True):
         config = MAMLConfig(inner_steps=inner_steps, inner_lr=0.7, estimator="dice")
-        meta_params = _random_init(jax.random.PRNGKey(5), init_meta_params(jax.random.PRNGKey(0), LEARNER, config))
-        meta_params = jax.tree.map(lambda x: x.astype(jnp.float64), meta_params)
+        meta_params = _float64_init(5, config)
         tasks = sample_tasks(ENV, jax.random.PRNGKey(1), 3)
         key = jax.random.PRNGKey(6)
         flat, unravel = jax.flatten_util.ravel_pytree(meta_params)
@@ -181,8 +184,7 @@ def test_accumulated_chunks_equal_the_whole_batch_gradient(estimator, score_base
         whole = MAMLConfig(inner_steps=2, inner_lr=0.7, estimator=estimator, score_baseline=score_baseline)
         accumulated = MAMLConfig(inner_steps=2, inner_lr=0.7, estimator=estimator, score_baseline=score_baseline,
                                  task_chunk=2, accumulate_chunks=True)
-        meta_params = _random_init(jax.random.PRNGKey(5), init_meta_params(jax.random.PRNGKey(0), LEARNER, whole))
-        meta_params = jax.tree.map(lambda x: x.astype(jnp.float64), meta_params)
+        meta_params = _float64_init(5, whole)
         tasks = sample_tasks(ENV, jax.random.PRNGKey(1), 5)
         key = jax.random.PRNGKey(8)
         l1, g1, m1 = jax.jit(make_meta_gradient(LEARNER, whole))(meta_params, tasks, key)

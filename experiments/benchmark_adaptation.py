@@ -197,11 +197,10 @@ def train_or_load(cfg: MAMLExperimentConfig, bench: AdaptationBenchmarkConfig, p
         params["multitask"], _ = multitask_pretrain(learner, maml_so, train_config, sample, source)
         records["multitask"] = {"loaded_from": source}
     else:
-        chunk = int(train_config.iterations_per_call)
         params["multitask"], history = multitask_pretrain(learner, maml_so, train_config, sample,
                                                           os.path.join(pair_dir, "multitask"))
         records["multitask"] = {
-            "iterations": -(-int(train_config.num_iterations) // chunk) * chunk,  # whole scans, as meta_train
+            "iterations": int(train_config.num_iterations),  # run_loop runs exactly num_iterations
             "seconds": round(time.perf_counter() - t0, 2),
             "median_s_per_iteration": float(np.median([h["seconds"] for h in history[1:]] or [0.0])),
             "final_train_return": float(np.mean([h["return"] for h in history[-10:]])) if history else None,

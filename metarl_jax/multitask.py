@@ -29,19 +29,18 @@ config's fixed inner step size.
 
 from __future__ import annotations
 
-import os
-import time
+import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from metarl_jax import checkpoint as ckpt
+from metarl_jax.learners import _require
 from metarl_jax.maml import MAMLConfig, MetaTrainState, init_meta_params
+from metarl_jax.outer import _all_finite
 from metarl_jax.tasks.base import num_tasks_in
-from metarl_jax.train import TrainConfig, make_multi_step, make_optimizer
+from metarl_jax.train import TrainConfig, make_optimizer, run_loop
 
 
 def multitask_loss(learner, params, tasks, key: jax.Array, task_chunk: int | None = None):
@@ -83,11 +82,13 @@ def make_multitask_train_step(
     optimizer: optax.GradientTransformation,
     sample_tasks: Callable[[jax.Array], Any],
     task_chunk: int | None = None,
+    skip_nonfinite: bool = False,
 ):
     """One multi-task iteration ``state -> (state, metrics)``: sample tasks, fresh data, optimizer step.
 
     Pure and jittable; the counterpart of :func:`metarl_jax.maml.make_meta_train_step` with the
-    inner update skipped.
+    inner update skipped. ``metrics["grad_finite"]`` says whether every gradient entry was finite;
+    with ``skip_nonfinite`` a non-finite update is skipped (parameters and optimizer state unchanged).
     """
 
     def step(state: MetaTrainState):
@@ -97,12 +98,41 @@ def make_multitask_train_step(
         (loss, metrics), grads = jax.value_and_grad(
             lambda p: multitask_loss(learner, p, tasks, key_data, task_chunk), has_aux=True
         )(theta)
+        finite = _all_finite(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, theta)
-        meta_params = dict(state.meta_params, policy=optax.apply_updates(theta, updates))
-        metrics = {"return": metrics["return"], "loss": loss, "grad_norm": optax.tree.norm(grads)}
+        policy = optax.apply_updates(theta, updates)
+        if skip_nonfinite:
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+            policy, opt_state = keep(policy, theta), keep(opt_state, state.opt_state)
+        meta_params = dict(state.meta_params, policy=policy)
+        metrics = {"return": metrics["return"], "loss": loss, "grad_norm": optax.tree.norm(grads),
+                   "grad_finite": finite}
         return MetaTrainState(meta_params, opt_state, key, state.step + 1), metrics
 
     return step
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_step(learner, sample_tasks, task_chunk, outer_lr, max_grad_norm, skip_nonfinite):
+    optimizer = make_optimizer(TrainConfig(outer_lr=outer_lr, max_grad_norm=max_grad_norm))
+    return make_multitask_train_step(learner, optimizer, sample_tasks, task_chunk, skip_nonfinite)
+
+
+def multitask_train_step(learner, config: MAMLConfig, train_config: TrainConfig,
+                         sample_tasks: Callable[[jax.Array], Any]) -> Callable:
+    """The iteration ``state -> (state, metrics)`` that :func:`multitask_pretrain` runs.
+
+    :func:`make_multitask_train_step` with :func:`metarl_jax.train.make_optimizer`'s optimizer,
+    ``config.task_chunk`` and ``skip_nonfinite`` from ``on_nonfinite``. Equal (hashable) arguments
+    return the same function, so repeated runs (seeds, resumes, tests) compile once; only
+    ``outer_lr``, ``max_grad_norm`` and ``on_nonfinite`` of ``train_config`` matter.
+    """
+    args = (learner, sample_tasks, config.task_chunk, train_config.outer_lr, train_config.max_grad_norm,
+            train_config.on_nonfinite == "skip")
+    try:
+        return _cached_step(*args)
+    except TypeError:  # an unhashable argument: no cache
+        return _cached_step.__wrapped__(*args)
 
 
 def multitask_pretrain(
@@ -113,45 +143,31 @@ def multitask_pretrain(
     run_dir: str | None = None,
     *,
     progress: bool = False,
+    stop_after: int | None = None,
 ) -> tuple[dict, list[dict]]:
     """Train a multi-task initialisation and return ``(meta_params, history)``.
 
     Uses ``train_config``'s iterations, meta-batch (``sample_tasks(key)`` returns that many
-    tasks), optimizer (Adam with ``outer_lr``, optional clipping), seed and
-    ``iterations_per_call``; ``config`` gives the parameter layout and ``task_chunk``.
+    tasks), optimizer (Adam with ``outer_lr``, optional clipping), seed, ``iterations_per_call``,
+    checkpoint settings and ``on_nonfinite``; ``config`` gives the parameter layout and ``task_chunk``.
     Per iteration each task sees one batch of ``num_outer_episodes`` episodes, where a MAML
-    iteration with ``K`` inner steps sees ``K + 1`` batches. As in :func:`metarl_jax.train.meta_train`,
-    the compiled unit is a scan of ``iterations_per_call`` iterations, so the parameters have seen
-    ``num_iterations`` rounded up to a whole number of calls.
+    iteration with ``K`` inner steps sees ``K + 1`` batches.
 
-    With ``run_dir``, the final state is checkpointed to ``run_dir/checkpoints`` and a later
-    call resumes from (or, if finished, just loads) the latest checkpoint there.
-    ``history`` holds one ``{"iteration", "return", "loss", "grad_norm", "seconds"}`` per
-    iteration run by this call.
+    The loop is :func:`metarl_jax.train.run_loop` over :func:`multitask_train_step` from
+    :func:`init_multitask_state` with ``PRNGKey(train_config.seed)``, as :func:`metarl_jax.train.meta_train`:
+    exactly ``num_iterations`` iterations (a shorter last scan), and with ``run_dir`` a
+    ``metrics.jsonl`` and checkpoints every ``checkpoint_every`` iterations in ``run_dir/checkpoints``;
+    a later call resumes from (or, if finished, just loads) the latest checkpoint there.
+    ``stop_after`` ends this call after that many iterations (to simulate an interruption).
+    ``history`` holds one ``{"iteration", "return", "loss", "grad_norm", "grad_finite", "seconds"}``
+    per iteration (with ``run_dir``, those recorded there by earlier calls too).
     """
+    _require(isinstance(config, MAMLConfig), "config", config, "must be a maml.MAMLConfig")
+    _require(isinstance(train_config, TrainConfig), "train_config", train_config, "must be a train.TrainConfig")
+    _require(callable(sample_tasks), "sample_tasks", sample_tasks, "must be a callable key -> batch of tasks")
     optimizer = make_optimizer(train_config)
     state = init_multitask_state(jax.random.PRNGKey(train_config.seed), learner, config, optimizer)
-    ckpt_dir = None if run_dir is None else os.path.join(run_dir, "checkpoints")
-    if ckpt_dir is not None:
-        restored = ckpt.restore_latest(ckpt_dir, state)
-        if restored is not None:
-            state = restored[1]
-    step = make_multitask_train_step(learner, optimizer, sample_tasks, config.task_chunk)
-    chunk = int(train_config.iterations_per_call)
-    multi_step = jax.jit(make_multi_step(step, chunk))
-    history: list[dict] = []
-    iteration, total = int(state.step), int(train_config.num_iterations)
-    while iteration < total:
-        t0 = time.perf_counter()
-        state, metrics = multi_step(state)
-        metrics = jax.device_get(metrics)
-        elapsed = time.perf_counter() - t0
-        for j in range(min(chunk, total - iteration)):
-            history.append({"iteration": iteration, **{k: float(np.asarray(v[j])) for k, v in metrics.items()},
-                            "seconds": elapsed / chunk})
-            iteration += 1
-        if progress:
-            print(f"multi-task iteration {iteration}/{total}: return {history[-1]['return']:.4g}", flush=True)
-    if ckpt_dir is not None and history:
-        ckpt.save_checkpoint(ckpt_dir, iteration, state, {"iteration": iteration, "kind": "multitask"}, keep=1)
+    step = multitask_train_step(learner, config, train_config, sample_tasks)
+    state, history = run_loop(step, state, train_config, run_dir, progress=progress, stop_after=stop_after,
+                              desc="multi-task iterations", metadata={"kind": "multitask"})
     return state.meta_params, history

@@ -1,0 +1,103 @@
+"""Multi-task pretraining runs in the one training loop: exact iteration count, resume, non-finite gradients."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metarl_jax import checkpoint
+from metarl_jax.learners import PGConfig, PolicyGradientLearner
+from metarl_jax.maml import MAMLConfig
+from metarl_jax.multitask import init_multitask_state, multitask_pretrain
+from metarl_jax.networks import make_policy_for
+from metarl_jax.tasks import BernoulliBandit, sample_tasks
+from metarl_jax.train import NonFiniteGradientError, TrainConfig, make_optimizer, read_metrics
+
+FAMILY = BernoulliBandit(num_arms=3, horizon=4)
+LEARNER = PolicyGradientLearner(FAMILY, make_policy_for(FAMILY, tabular=True),
+                                PGConfig(num_inner_episodes=2, num_outer_episodes=2, horizon=4, baseline="mean"))
+MAML = MAMLConfig(inner_lr=0.5)
+# 5 iterations in scans of 2: 2 + 2 + 1.
+TRAIN = TrainConfig(num_iterations=5, meta_batch=3, outer_lr=0.1, iterations_per_call=2, checkpoint_every=2)
+
+
+def _sample(key):
+    return sample_tasks(FAMILY, key, TRAIN.meta_batch)
+
+
+def _strip(history):
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
+def _final_step(run_dir: str) -> int:
+    target = init_multitask_state(jax.random.PRNGKey(0), LEARNER, MAML, make_optimizer(TRAIN))
+    step, state, metadata = checkpoint.restore_latest(os.path.join(run_dir, "checkpoints"), target)
+    assert int(state.step) == step == metadata["iteration"] and metadata["kind"] == "multitask"
+    return step
+
+
+def test_iteration_count_not_a_multiple_of_the_chunk_is_exact_and_resume_equals_uninterrupted(tmp_path):
+    full_dir = str(tmp_path / "full")
+    full_params, full = multitask_pretrain(LEARNER, MAML, TRAIN, _sample, full_dir)
+    assert [h["iteration"] for h in full] == [0, 1, 2, 3, 4]
+    assert _strip(read_metrics(full_dir)) == _strip(full)
+    assert _final_step(full_dir) == 5
+    assert all(h["grad_finite"] is True for h in full)
+
+    interrupted = str(tmp_path / "interrupted")
+    _, first = multitask_pretrain(LEARNER, MAML, TRAIN, _sample, interrupted, stop_after=3)
+    assert len(first) == 3 and _final_step(interrupted) == 3  # checkpointed before the end, not only at it
+    # Work done after the checkpoint and lost in a crash: an extra metrics line, cut back on resume.
+    with open(os.path.join(interrupted, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"iteration": 3, "return": 123.0}) + "\n")
+    params, resumed = multitask_pretrain(LEARNER, MAML, TRAIN, _sample, interrupted)
+    assert _final_step(interrupted) == 5
+    assert _strip(resumed) == _strip(full) == _strip(read_metrics(interrupted))
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(full_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # A finished run only loads.
+    again, history = multitask_pretrain(LEARNER, MAML, TRAIN, _sample, full_dir)
+    assert _strip(history) == _strip(full)
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(full_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+class _NaNLearner:
+    """Wraps a learner so that its outer loss, hence the multi-task gradient, is NaN."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def outer_loss(self, params, data):
+        return self._inner.outer_loss(params, data) * jnp.nan
+
+
+def test_nonfinite_gradient_stops_or_is_skipped():
+    short = dataclasses.replace(TRAIN, num_iterations=2)
+    with pytest.raises(NonFiniteGradientError, match="non-finite meta-gradient at iteration 0"):
+        multitask_pretrain(_NaNLearner(LEARNER), MAML, short, _sample)
+    initial = init_multitask_state(jax.random.PRNGKey(0), LEARNER, MAML, make_optimizer(short)).meta_params
+    params, history = multitask_pretrain(_NaNLearner(LEARNER), MAML, dataclasses.replace(short, on_nonfinite="skip"),
+                                         _sample)
+    assert [h["grad_finite"] for h in history] == [False, False]
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(initial)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"train_config": "fast"}, "train_config='fast' is invalid: must be a train.TrainConfig"),
+    ({"config": None}, "config=None is invalid: must be a maml.MAMLConfig"),
+    ({"sample_tasks": 3}, "sample_tasks=3 is invalid: must be a callable"),
+    ({"stop_after": -1}, "stop_after=-1 is invalid: must be None or an integer >= 0"),
+])
+def test_multitask_pretrain_validation_names_the_field(kwargs, message):
+    args = {"learner": LEARNER, "config": MAML, "train_config": TRAIN, "sample_tasks": _sample, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        multitask_pretrain(**args)

@@ -3,9 +3,10 @@
 :class:`MetaRL` mirrors the classic object interface (``train`` / ``adapt`` /
 ``predict`` / ``save`` / ``load``) and is a thin layer over the functional core:
 :func:`metarl_jax.experiment.LEARNERS` builds the learner from a validated
-:class:`~metarl_jax.experiment.MAMLExperimentConfig`, training runs the jitted
-:func:`metarl_jax.maml.make_meta_train_step` (a ``lax.scan`` of
-``iterations_per_call`` meta-iterations per call, as :func:`metarl_jax.train.meta_train`),
+:class:`~metarl_jax.experiment.MAMLExperimentConfig`, training runs
+:func:`metarl_jax.maml.make_meta_train_step` in the one training loop,
+:func:`metarl_jax.train.run_loop` (``lax.scan`` calls of ``iterations_per_call``
+meta-iterations, as :func:`metarl_jax.train.meta_train`),
 adaptation is :func:`metarl_jax.maml.adapt`, actions come from the policy's mode
 (:class:`metarl_jax.deploy.ModeActions`), and ``save`` / ``load`` use the
 crash-safe checkpoints of :mod:`metarl_jax.checkpoint`. The object holds the
@@ -43,7 +44,7 @@ from metarl_jax.tasks import (
     sample_tasks,
 )
 from metarl_jax.tasks.base import TaskFamily
-from metarl_jax.train import NonFiniteGradientError, make_multi_step, make_optimizer
+from metarl_jax.train import make_optimizer, run_loop
 
 _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(MAMLExperimentConfig))
 #: Config fields the object sets itself (from its own arguments) or that make no sense here.
@@ -176,43 +177,28 @@ class MetaRL:
         return int(self._state.step)
 
     # ------------------------------------------------------------------ train / adapt / predict
-    def _multi_step(self, length: int):
-        if ("train", length) not in self._compiled:
+    def _train_step(self):
+        """The meta-iteration ``state -> (state, metrics)``, built once (so ``run_loop`` compiles it once)."""
+        if "train" not in self._compiled:
             family, batch = self.family, self.train_config.meta_batch
-            step = make_meta_train_step(self.learner, self.maml_config, self._optimizer,
-                                        lambda key: sample_tasks(family, key, batch),
-                                        skip_nonfinite=self.train_config.on_nonfinite == "skip")
-            self._compiled[("train", length)] = jax.jit(make_multi_step(step, length))
-        return self._compiled[("train", length)]
+            self._compiled["train"] = make_meta_train_step(
+                self.learner, self.maml_config, self._optimizer, lambda key: sample_tasks(family, key, batch),
+                skip_nonfinite=self.train_config.on_nonfinite == "skip")
+        return self._compiled["train"]
 
     def train(self, num_iterations: int) -> list[dict]:
         """Run ``num_iterations`` more meta-iterations; returns their metrics (one dict each).
 
         Each dict has ``iteration``, ``pre_adaptation_return``, ``post_adaptation_return``,
-        ``meta_loss``, ``grad_norm``... Training continues from where the previous call (or
-        :meth:`load`) left off. Clears the adapted parameters.
+        ``meta_loss``, ``grad_norm``, ``grad_finite``, ``seconds``... Training continues from where
+        the previous call (or :meth:`load`) left off; :func:`metarl_jax.train.run_loop` runs it
+        (no run directory: :meth:`save` writes checkpoints). Clears the adapted parameters. With
+        ``on_nonfinite="stop"`` a non-finite meta-gradient raises
+        :class:`~metarl_jax.train.NonFiniteGradientError` and leaves the object as it was before the call.
         """
         num_iterations = _positive_int("num_iterations", num_iterations, 1)
-        # one compiled scan length per call: the largest divisor of num_iterations <= iterations_per_call
-        length = math.gcd(num_iterations, int(self.train_config.iterations_per_call))
-        records = []
-        for _ in range(num_iterations // length):
-            new_state, metrics = self._multi_step(length)(self._state)
-            metrics = jax.device_get(metrics)
-            finite = np.asarray(metrics["grad_finite"])
-            if self.train_config.on_nonfinite == "stop" and not finite.all():
-                raise NonFiniteGradientError(
-                    f"non-finite meta-gradient at iteration {self.iterations + int(np.argmin(finite))}: "
-                    "the parameters were left at the last good iteration (on_nonfinite='skip' skips such updates)")
-            start = self.iterations
-            self._state = new_state
-            for j in range(length):
-                record = {"iteration": start + j}
-                for name, value in metrics.items():
-                    value = np.asarray(value[j])
-                    if value.ndim == 0:
-                        record[name] = value.item()
-                records.append(record)
+        config = dataclasses.replace(self.train_config, num_iterations=self.iterations + num_iterations)
+        self._state, records = run_loop(self._train_step(), self._state, config, progress=False)
         self._adapted = None
         self.history.extend(records)
         return records

@@ -220,6 +220,19 @@ def test_readme_newcomer_example_runs(tmp_path, monkeypatch):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_metarl_train_continues_where_the_last_call_stopped():
+    agent = MetaRL("bandit", num_arms=2, horizon=3, meta_batch=2, num_episodes=2, hidden_sizes=(8,),
+                   estimator="first_order", iterations_per_call=1)  # one compiled length: one compilation
+    first = agent.train(2)
+    assert [h["iteration"] for h in first] == [0, 1] and agent.iterations == 2
+    assert all(h["grad_finite"] is True for h in first)
+    second = agent.train(1)
+    assert [h["iteration"] for h in second] == [2] and agent.iterations == 3
+    assert agent.history == first + second
+    with pytest.raises(ValueError, match=re.escape("num_iterations=0 is invalid: must be an integer >= 1")):
+        agent.train(0)
+
+
 def test_metarl_from_sizes_adapts_and_predicts_state_indices():
     agent = MetaRL(state_size=3, action_size=2, horizon=3, meta_batch=2, num_episodes=2, hidden_sizes=(8,))
     assert isinstance(agent.family, TabularMDP) and agent.family.obs_dim() == 3

@@ -66,25 +66,20 @@ def test_iteration_count_not_a_multiple_of_the_chunk_is_exact_and_resume_equals_
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-class _NaNLearner:
-    """Wraps a learner so that its outer loss, hence the multi-task gradient, is NaN."""
-
-    def __init__(self, inner):
-        self._inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
+class _NaNLossLearner(PolicyGradientLearner):
+    """The policy-gradient learner with a NaN outer loss, hence a NaN multi-task gradient."""
 
     def outer_loss(self, params, data):
-        return self._inner.outer_loss(params, data) * jnp.nan
+        return super().outer_loss(params, data) * jnp.nan
 
 
 def test_nonfinite_gradient_stops_or_is_skipped():
+    nan_learner = _NaNLossLearner(LEARNER.env, LEARNER.policy, LEARNER.config)
     short = dataclasses.replace(TRAIN, num_iterations=2)
     with pytest.raises(NonFiniteGradientError, match="non-finite meta-gradient at iteration 0"):
-        multitask_pretrain(_NaNLearner(LEARNER), MAML, short, _sample)
+        multitask_pretrain(nan_learner, MAML, short, _sample)
     initial = init_multitask_state(jax.random.PRNGKey(0), LEARNER, MAML, make_optimizer(short)).meta_params
-    params, history = multitask_pretrain(_NaNLearner(LEARNER), MAML, dataclasses.replace(short, on_nonfinite="skip"),
+    params, history = multitask_pretrain(nan_learner, MAML, dataclasses.replace(short, on_nonfinite="skip"),
                                          _sample)
     assert [h["grad_finite"] for h in history] == [False, False]
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(initial)):

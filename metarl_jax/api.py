@@ -44,7 +44,7 @@ from metarl_jax.tasks import (
     sample_tasks,
 )
 from metarl_jax.tasks.base import TaskFamily
-from metarl_jax.train import make_optimizer, run_loop
+from metarl_jax.train import NonFiniteGradientError, make_optimizer, run_loop
 
 _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(MAMLExperimentConfig))
 #: Config fields the object sets itself (from its own arguments) or that make no sense here.
@@ -194,12 +194,19 @@ class MetaRL:
         the previous call (or :meth:`load`) left off; :func:`metarl_jax.train.run_loop` runs it
         (no run directory: :meth:`save` writes checkpoints). Clears the adapted parameters. With
         ``on_nonfinite="stop"`` a non-finite meta-gradient raises
-        :class:`~metarl_jax.train.NonFiniteGradientError` and leaves the object as it was before the call.
+        :class:`~metarl_jax.train.NonFiniteGradientError`; the object keeps the iterations of the
+        scan calls that finished before it (the error's ``last_good_state`` and ``history``).
         """
         num_iterations = _positive_int("num_iterations", num_iterations, 1)
         config = dataclasses.replace(self.train_config, num_iterations=self.iterations + num_iterations)
-        self._state, records = run_loop(self._train_step(), self._state, config, progress=False)
         self._adapted = None
+        try:
+            self._state, records = run_loop(self._train_step(), self._state, config, progress=False)
+        except NonFiniteGradientError as err:
+            if err.last_good_state is not None:
+                self._state = err.last_good_state
+                self.history.extend(err.history)
+            raise
         self.history.extend(records)
         return records
 

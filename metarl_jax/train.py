@@ -44,7 +44,18 @@ NONFINITE_POLICIES = ("stop", "skip")
 
 
 class NonFiniteGradientError(RuntimeError):
-    """Raised when a meta-gradient contains NaN or inf and the policy is ``"stop"``."""
+    """Raised when a meta-gradient contains NaN or inf and the policy is ``"stop"``.
+
+    ``last_good_state``: the training state after the last scan call whose every iteration was
+    finite (what the latest checkpoint would hold had it been written then); ``history``: the
+    per-iteration records up to that state. Callers that keep training state in memory (e.g.
+    :meth:`metarl_jax.api.MetaRL.train`) keep this progress instead of losing the whole call.
+    """
+
+    def __init__(self, message: str, last_good_state: Any = None, history: list | None = None):
+        super().__init__(message)
+        self.last_good_state = last_good_state
+        self.history = [] if history is None else history
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,7 +272,8 @@ def run_loop(
                 where = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir else None
                 raise NonFiniteGradientError(
                     f"non-finite meta-gradient at iteration {bad}: training stopped; "
-                    f"last good checkpoint: {where or 'none saved'} (set on_nonfinite='skip' to skip such updates)"
+                    f"last good checkpoint: {where or 'none saved'} (set on_nonfinite='skip' to skip such updates)",
+                    last_good_state=state, history=list(history),
                 )
         new_step = _state_step(new_state)
         _require(new_step == iteration + chunk, "step_fn", step_fn,

@@ -32,7 +32,7 @@ from metarl_jax.tasks import (
     sample_tasks,
 )
 from metarl_jax.tasks.hard_tasks import RareBestArmBandit
-from metarl_jax.train import meta_train
+from metarl_jax.train import NonFiniteGradientError, meta_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -231,6 +231,18 @@ def test_metarl_train_continues_where_the_last_call_stopped():
     assert agent.history == first + second
     with pytest.raises(ValueError, match=re.escape("num_iterations=0 is invalid: must be an integer >= 1")):
         agent.train(0)
+
+    # A non-finite meta-gradient in the middle of a call keeps the iterations finished before it.
+    good_step = agent._train_step()
+
+    def flaky_step(state):  # iteration 4 reports a non-finite gradient
+        new_state, metrics = good_step(state)
+        return new_state, dict(metrics, grad_finite=metrics["grad_finite"] & (state.step != 4))
+
+    agent._compiled["train"] = flaky_step
+    with pytest.raises(NonFiniteGradientError, match="iteration 4"):
+        agent.train(3)  # iterations 3, 4 (non-finite), 5
+    assert agent.iterations == 4 and [h["iteration"] for h in agent.history] == [0, 1, 2, 3]
 
 
 def test_metarl_from_sizes_adapts_and_predicts_state_indices():

@@ -92,8 +92,10 @@ def test_nonfinite_gradient_stops_and_keeps_last_good_checkpoint(tmp_path):
     run_dir = str(tmp_path / "run")
     good_state, _ = meta_train(learner, maml_config, dataclasses.replace(train_config, num_iterations=4), sample,
                                run_dir, progress=False)
-    with pytest.raises(NonFiniteGradientError, match="non-finite meta-gradient at iteration 4"):
+    with pytest.raises(NonFiniteGradientError, match="non-finite meta-gradient at iteration 4") as info:
         meta_train(_NaNLearner(learner), maml_config, train_config, sample, run_dir, progress=False)
+    assert int(info.value.last_good_state.step) == 4  # the error hands back the last good state
+    assert [h["iteration"] for h in info.value.history] == [0, 1, 2, 3]
     step, restored, _ = checkpoint.restore_latest(os.path.join(run_dir, "checkpoints"), good_state)
     assert step == 4
     for a, b in zip(np.asarray(restored.meta_params["policy"]["params"]["Dense_0"]["kernel"]).ravel(),

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarl_jax import train as train_lib
-from metarl_jax.maml import MAMLConfig, MetaTrainState, init_train_state, make_meta_train_step
+from metarl_jax.maml import MAMLConfig, MetaTrainState, init_train_state, keep_if_finite, make_meta_train_step
 from metarl_jax.task_selection import (
     SamplerState,
     TaskSelectionConfig,
@@ -181,7 +181,7 @@ def make_selection_train_step(
         scores = selection_scores(selection_config, post, state.pool_optimum[indices])
         updated = update_scores(selection_config, state.sampler, indices, scores)
         finite = jnp.all(jnp.isfinite(scores))
-        sampler = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state.sampler)
+        sampler = keep_if_finite(finite, updated, state.sampler)
         metrics = dict(metrics, task_indices=indices, task_scores=scores)
         new_state = SelectionTrainState(base.meta_params, base.opt_state, base.key, base.step, sampler,
                                         state.pool, state.pool_optimum)

@@ -379,6 +379,19 @@ def accumulated_meta_gradient(learner, config: MAMLConfig, meta_params, tasks, k
     return jnp.mean(outer_losses), grads, summary
 
 
+def tree_all_finite(tree) -> jax.Array:
+    """``True`` iff every entry of every leaf of ``tree`` is finite (a scalar bool)."""
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def keep_if_finite(finite: jax.Array, new, old):
+    """``new`` where the scalar ``finite`` is true, else ``old`` (two pytrees of one structure).
+
+    How a training step skips a non-finite update inside jit: ``on_nonfinite="skip"``.
+    """
+    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+
 class MetaTrainState(NamedTuple):
     """Everything a meta-training run carries between iterations (a pytree)."""
 
@@ -409,13 +422,12 @@ def make_meta_train_step(
         key, key_tasks, key_grad = jax.random.split(state.key, 3)
         tasks = sample_tasks(key_tasks)
         loss, grads, metrics = meta_gradient(state.meta_params, tasks, key_grad)
-        finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        finite = tree_all_finite(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
         meta_params = optax.apply_updates(state.meta_params, updates)
         if skip_nonfinite:
-            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-            meta_params = keep(meta_params, state.meta_params)
-            opt_state = keep(opt_state, state.opt_state)
+            meta_params = keep_if_finite(finite, meta_params, state.meta_params)
+            opt_state = keep_if_finite(finite, opt_state, state.opt_state)
         metrics = dict(metrics, meta_loss=loss, grad_norm=optax.tree.norm(grads), grad_finite=finite)
         return MetaTrainState(meta_params, opt_state, key, state.step + 1), metrics
 

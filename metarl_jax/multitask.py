@@ -37,8 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from metarl_jax.learners import _require
-from metarl_jax.maml import MAMLConfig, MetaTrainState, init_meta_params
-from metarl_jax.outer import _all_finite
+from metarl_jax.maml import MAMLConfig, MetaTrainState, init_meta_params, keep_if_finite, tree_all_finite
 from metarl_jax.tasks.base import num_tasks_in
 from metarl_jax.train import TrainConfig, make_optimizer, run_loop
 
@@ -98,12 +97,11 @@ def make_multitask_train_step(
         (loss, metrics), grads = jax.value_and_grad(
             lambda p: multitask_loss(learner, p, tasks, key_data, task_chunk), has_aux=True
         )(theta)
-        finite = _all_finite(grads)
+        finite = tree_all_finite(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, theta)
         policy = optax.apply_updates(theta, updates)
         if skip_nonfinite:
-            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-            policy, opt_state = keep(policy, theta), keep(opt_state, state.opt_state)
+            policy, opt_state = keep_if_finite(finite, policy, theta), keep_if_finite(finite, opt_state, state.opt_state)
         meta_params = dict(state.meta_params, policy=policy)
         metrics = {"return": metrics["return"], "loss": loss, "grad_norm": optax.tree.norm(grads),
                    "grad_finite": finite}

@@ -76,7 +76,8 @@ from flax import struct
 
 from metarl_jax import losses
 from metarl_jax.learners import _require
-from metarl_jax.maml import MAMLConfig, MetaTrainState, init_train_state, sgd_inner_update
+from metarl_jax.maml import (MAMLConfig, MetaTrainState, init_train_state, keep_if_finite, sgd_inner_update,
+                             tree_all_finite)
 from metarl_jax.tasks.base import num_tasks_in
 
 # ----------------------------------------------------------------------------- configs
@@ -202,11 +203,6 @@ def kl_divergence(policy, params_old, params_new, obs: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------- conjugate gradient
-
-
-def _all_finite(tree) -> jax.Array:
-    """``True`` iff every entry of every leaf of ``tree`` is finite (a scalar bool)."""
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def _vdot(a, b) -> jax.Array:
@@ -483,7 +479,7 @@ def trpo_update(learner, config: MAMLConfig, trpo_config: TRPOConfig, meta_param
         "accepted": accepted,
         "line_search_steps": j,
         "grad_norm": optax.tree.norm(grads),
-        "grad_finite": _all_finite(grads),
+        "grad_finite": tree_all_finite(grads),
         "natural_step_norm": optax.tree.norm(full_step),
         "predicted_kl": 0.5 * scale**2 * xfx,
     }
@@ -572,7 +568,7 @@ def promp_update(learner, config: MAMLConfig, promp_config: ProMPConfig, meta_pa
         updates, state = optimizer.update(neg, state, params)
         return (optax.apply_updates(params, updates), state), dict(parts, objective=value,
                                                                    grad_norm=optax.tree.norm(grads),
-                                                                   grad_finite=_all_finite(grads))
+                                                                   grad_finite=tree_all_finite(grads))
 
     (meta_params, opt_state), per_step = jax.lax.scan(
         outer_step, (meta_params, opt_state), None, length=promp_config.num_outer_steps)
@@ -616,9 +612,8 @@ def make_promp_step(learner, maml_config: MAMLConfig, promp_config: ProMPConfig,
                                                        state.opt_state, batch, optimizer)
         finite = jnp.all(metrics["grad_finite"])
         if skip_nonfinite:
-            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-            meta_params = keep(meta_params, state.meta_params)
-            opt_state = keep(opt_state, state.opt_state)
+            meta_params = keep_if_finite(finite, meta_params, state.meta_params)
+            opt_state = keep_if_finite(finite, opt_state, state.opt_state)
         before = metrics["objective"][0]
         summary = dict(
             batch.metrics(),

@@ -33,14 +33,17 @@ class Trajectory:
     episode terminated at that step (natural termination), ``mask[e, t]``
     whether the step belongs to the episode (1 up to and including the
     terminating step), ``next_obs[e, t]`` the observation after the step and
-    ``time[e, t] = t``.
+    ``time[e, t] = t``. ``reward`` keeps the family's reward dtype widened to
+    at least float32 (integer or bool rewards become float32; a family that
+    computes in its task's dtype gives float64 rewards under ``jax_enable_x64``
+    with float64 tasks), and ``mask`` has the same dtype.
     """
 
     obs: jax.Array  # [E, T, obs_dim]
     action: jax.Array  # [E, T, ...]
     reward: jax.Array  # [E, T]
     done: jax.Array  # [E, T] bool
-    mask: jax.Array  # [E, T] float32
+    mask: jax.Array  # [E, T], the dtype of ``reward``
     next_obs: jax.Array  # [E, T, obs_dim]
 
     @property
@@ -100,7 +103,10 @@ def rollout(key: jax.Array, env, policy, policy_params, task, num_episodes: int,
         action = sample(rng_t, obs)
         next_obs, next_state, reward, terminated, _ = step_env(env_keys_t, state, action, task)
         terminated = jnp.asarray(terminated, bool)
-        transition = (obs, action, jnp.asarray(reward, jnp.float32), terminated, alive, next_obs)
+        reward = jnp.asarray(reward)
+        # At least float32 (integer / bool rewards become float32), never narrower than the family's.
+        reward = reward.astype(jnp.promote_types(reward.dtype, jnp.float32))
+        transition = (obs, action, reward, terminated, alive, next_obs)
         return (next_obs, next_state, alive & ~terminated), transition
 
     alive0 = jnp.ones((num_episodes,), bool)
@@ -113,6 +119,6 @@ def rollout(key: jax.Array, env, policy, policy_params, task, num_episodes: int,
         action=swap(act_t),
         reward=swap(rew_t),
         done=swap(done_t),
-        mask=swap(alive_t).astype(jnp.float32),
+        mask=swap(alive_t).astype(rew_t.dtype),
         next_obs=swap(next_obs_t),
     )

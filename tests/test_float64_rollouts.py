@@ -5,10 +5,11 @@ must return the state in the dtypes ``reset_env`` gave it: a float64 action or t
 promote a float32 state, or the scan refuses the carry. x64 is switched on only inside each test
 (``jax.enable_x64`` restores the previous setting on exit).
 
-Note: ``rollout`` stores rewards as float32 (``Trajectory.reward``), and the discrete families
-return float32 rewards and observations by design (their docstrings say so); these tests check
-that every family runs and stays finite in float64, and that Navigation2D's float64 path
-(state, observations, rewards of ``step_env``) agrees with its float32 path.
+``rollout`` stores rewards in the family's reward dtype widened to at least float32, and the
+mask in the same dtype; the discrete families return float32 rewards and observations by design
+(their docstrings say so). These tests check that every family runs and stays finite in float64,
+that the stored rewards keep the family's dtype, and that Navigation2D's float64 path (state,
+observations, rewards) agrees with its float32 path.
 """
 
 from __future__ import annotations
@@ -84,8 +85,12 @@ def test_float64_rollout_runs_and_is_finite(name):
     assert [x.dtype for x in jax.tree_util.tree_leaves(next_state)] == [
         x.dtype for x in jax.tree_util.tree_leaves(state)
     ]
+    # The trajectory keeps the family's reward dtype (at least float32) and the mask matches it.
+    assert traj.reward.dtype == jnp.promote_types(reward.dtype, jnp.float32)
+    assert traj.mask.dtype == traj.reward.dtype
     if name == "navigation":  # continuous state and reward follow the task's float64 goal
         assert next_obs.dtype == jnp.float64 and reward.dtype == jnp.float64
+        assert traj.reward.dtype == jnp.float64
 
 
 def test_navigation_float64_matches_float32():
@@ -111,6 +116,7 @@ def test_navigation_float64_matches_float32():
         tasks64, params64 = _cast(tasks, jnp.float64), _cast(params, jnp.float64)
         traj64 = run(keys, tasks64, params64)
         assert traj64.obs.dtype == jnp.float64 and traj64.next_obs.dtype == jnp.float64
+        assert traj64.reward.dtype == jnp.float64 and traj64.mask.dtype == jnp.float64
         # The rewards step_env computed, in float64: -||position' - goal||.
         reward64 = -jnp.linalg.norm(traj64.next_obs - tasks64.goal[:, None, None, :], axis=-1)
         assert reward64.dtype == jnp.float64
@@ -119,6 +125,8 @@ def test_navigation_float64_matches_float32():
         assert traj_mixed.next_obs.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(reward64)))
     np.testing.assert_allclose(np.asarray(reward64), np.asarray(traj32.reward), rtol=0, atol=1e-6)
+    # The stored float64 rewards are exactly the ones step_env computed (no float32 round trip).
+    np.testing.assert_allclose(np.asarray(traj64.reward), np.asarray(reward64), rtol=1e-14, atol=1e-14)
     np.testing.assert_allclose(np.asarray(traj64.reward), np.asarray(traj32.reward), rtol=0, atol=1e-6)
     np.testing.assert_allclose(np.asarray(traj_mixed.reward), np.asarray(traj32.reward), rtol=0, atol=1e-6)
     # The policy moved: the comparison is not between constant rewards.

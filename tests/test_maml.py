@@ -189,7 +189,8 @@ def test_accumulated_chunks_equal_the_whole_batch_gradient(estimator, score_base
         key = jax.random.PRNGKey(8)
         l1, g1, m1 = jax.jit(make_meta_gradient(LEARNER, whole))(meta_params, tasks, key)
         l2, g2, m2 = jax.jit(make_meta_gradient(LEARNER, accumulated))(meta_params, tasks, key)
-        # Rewards and advantages are float32 (rollout data), so agreement is to float32 rounding.
+        # The tabular MDP's rewards are float32 by design, and so are the advantages computed from
+        # them: agreement is to float32 rounding.
         np.testing.assert_allclose(float(l1), float(l2), rtol=1e-5)
         for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(a))))

@@ -60,7 +60,7 @@ import optax
 
 from metarl_jax.benchmarking import device_description
 from metarl_jax.learners import PGConfig, PolicyGradientLearner
-from metarl_jax.maml import MAMLConfig, init_train_state, make_meta_train_step
+from metarl_jax.maml import MAMLConfig, auto_task_chunk, init_train_state, make_meta_train_step
 from metarl_jax.networks import make_policy_for
 from metarl_jax.tasks import make_family
 from metarl_jax.tasks.base import sample_tasks
@@ -254,41 +254,24 @@ def count_flops(bench: Bench, meta_batch: int, key: tuple) -> tuple[float | None
     return line[0] + line[1] * meta_batch, "cost_analysis(unrolled twin at 1 and 2 tasks, linear in tasks)"
 
 
-#: ``--task-chunk auto`` on a CPU: about this many tasks per chunk (their activations stay in cache).
-AUTO_TASKS_PER_CHUNK = 4
-
-
 def resolve_task_chunk(spec: str | int | None, meta_batch: int, platform: str, accumulate: bool = False) -> int | None:
     """``MAMLConfig.task_chunk`` for ``--task-chunk``: ``"none"`` / ``None``, an integer, or ``"auto"``.
 
-    ``"auto"``: no chunking on an accelerator (one vmap is what a GPU wants); on a CPU,
-    ``ceil(meta_batch / c)`` tasks per chunk with ``c = min(TASK_CHUNK_UNROLL_LIMIT,
-    ceil(meta_batch / AUTO_TASKS_PER_CHUNK))`` chunks, i.e. about 4 tasks per chunk and never
-    more chunks than :func:`metarl_jax.maml.map_tasks` unrolls (second order, navigation, 20
-    tasks: 5 chunks of 4; see ``docs/benchmarks.md`` for the measurements behind it). With
-    ``accumulate`` (``MAMLConfig.accumulate_chunks``: a scan over chunks, one chunk's memory)
-    ``"auto"`` is chunks of ``AUTO_TASKS_PER_CHUNK`` tasks on any device.
+    ``"auto"`` is :func:`metarl_jax.maml.auto_task_chunk` (no chunking on an accelerator; on
+    a CPU about 4 tasks per chunk, never more chunks than :func:`metarl_jax.maml.map_tasks`
+    unrolls; with ``accumulate``, chunks of 4 on any device).
     """
-    from metarl_jax.maml import TASK_CHUNK_UNROLL_LIMIT
-
     if spec is None or spec == "none":
         return None
-    if spec != "auto":
-        try:
-            chunk = int(spec)
-        except ValueError:
-            raise ValueError(f"--task-chunk={spec!r} is invalid: allowed are 'auto', 'none' or an integer >= 1") from None
-        if chunk < 1:
-            raise ValueError(f"--task-chunk={spec!r} is invalid: allowed are 'auto', 'none' or an integer >= 1")
-        return chunk
-    if meta_batch <= AUTO_TASKS_PER_CHUNK:
-        return None
-    if accumulate:
-        return AUTO_TASKS_PER_CHUNK
-    if platform != "cpu":
-        return None
-    chunks = min(TASK_CHUNK_UNROLL_LIMIT, -(-meta_batch // AUTO_TASKS_PER_CHUNK))
-    return -(-meta_batch // chunks)
+    if spec == "auto":
+        return auto_task_chunk(meta_batch, platform, accumulate)
+    try:
+        chunk = int(spec)
+    except ValueError:
+        raise ValueError(f"--task-chunk={spec!r} is invalid: allowed are 'auto', 'none' or an integer >= 1") from None
+    if chunk < 1:
+        raise ValueError(f"--task-chunk={spec!r} is invalid: allowed are 'auto', 'none' or an integer >= 1")
+    return chunk
 
 
 def run_config(task: str, learner_name: str, meta_batch: int, order: int, iters: int, warmup: int,

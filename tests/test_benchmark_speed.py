@@ -1,18 +1,18 @@
-"""``experiments.benchmark_speed``: the ``--task-chunk`` rule and the command line (tiny run)."""
+"""``maml.auto_task_chunk`` (the ``--task-chunk auto`` rule), ``benchmark_speed``'s command line (tiny run)."""
 
 import json
 
 import pytest
 
 from experiments import benchmark_speed as bs
-from metarl_jax.maml import TASK_CHUNK_UNROLL_LIMIT
+from metarl_jax.maml import AUTO_TASKS_PER_CHUNK, TASK_CHUNK_UNROLL_LIMIT, auto_task_chunk
 
 
 @pytest.mark.parametrize("meta_batch, expected", [(1, None), (4, None), (5, 3), (8, 4), (20, 4), (100, 13),
                                                   (4096, 512)])
 def test_auto_task_chunk_on_cpu(meta_batch, expected):
     chunk = bs.resolve_task_chunk("auto", meta_batch, "cpu")
-    assert chunk == expected
+    assert chunk == expected == auto_task_chunk(meta_batch, "cpu")
     if chunk is not None:  # never more chunks than map_tasks unrolls, and every task in one
         assert -(-meta_batch // chunk) <= TASK_CHUNK_UNROLL_LIMIT
 
@@ -21,8 +21,11 @@ def test_task_chunk_spec_values_and_errors():
     assert bs.resolve_task_chunk("auto", 1000, "gpu") is None
     assert bs.resolve_task_chunk("none", 1000, "cpu") is None
     assert bs.resolve_task_chunk("7", 20, "cpu") == 7
-    assert bs.resolve_task_chunk("auto", 1000, "gpu", accumulate=True) == bs.AUTO_TASKS_PER_CHUNK
+    assert bs.resolve_task_chunk("auto", 1000, "gpu", accumulate=True) == AUTO_TASKS_PER_CHUNK
     assert bs.resolve_task_chunk("auto", 4, "cpu", accumulate=True) is None
+    assert auto_task_chunk(20, "gpu") is None and auto_task_chunk(20, "cuda") is None
+    with pytest.raises(ValueError, match="meta_batch=0 is invalid"):
+        auto_task_chunk(0, "cpu")
     with pytest.raises(ValueError, match="--task-chunk='0' is invalid"):
         bs.resolve_task_chunk("0", 20, "cpu")
     with pytest.raises(ValueError, match="--task-chunk='some' is invalid: allowed are 'auto', 'none'"):

@@ -323,10 +323,16 @@ def _decode_leaf(path: str, data: np.ndarray, spec: dict[str, Any], target: Any)
     return jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value)
 
 
-def _rebuild(record: dict[str, Any], target: Any, source: str) -> Any:
+def _rebuild(record: dict[str, Any], target: Any, source: str, subtree: str | None = None) -> Any:
     flat, treedef = jax.tree_util.tree_flatten_with_path(target)
-    paths = [jax.tree_util.keystr(key_path) for key_path, _ in flat]
     leaves, specs = record["leaves"], record["specs"]
+    if subtree is not None:  # restore only the leaves under ``subtree``, renamed to the target's paths
+        if not any(p.startswith(subtree) for p in leaves):
+            raise ValueError(f"subtree={subtree!r} is invalid for {source}: no leaf path starts with it "
+                             f"(its leaves start with {sorted({p[:40] for p in leaves})[:5]})")
+        leaves = {p[len(subtree):]: v for p, v in leaves.items() if p.startswith(subtree)}
+        specs = {p[len(subtree):]: v for p, v in specs.items() if p.startswith(subtree)}
+    paths = [jax.tree_util.keystr(key_path) for key_path, _ in flat]
     missing = [p for p in paths if p not in leaves]
     unexpected = [p for p in leaves if p not in set(paths)]
     if missing or unexpected:
@@ -340,25 +346,32 @@ def _rebuild(record: dict[str, Any], target: Any, source: str) -> Any:
     return jax.tree_util.tree_unflatten(treedef, restored)
 
 
-def restore_checkpoint(path: str | os.PathLike, target: Any) -> tuple[Any, dict[str, Any]]:
+def restore_checkpoint(path: str | os.PathLike, target: Any, subtree: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Load the checkpoint at ``path`` into the structure of ``target``.
 
     Returns ``(pytree, metadata)``. Raises :class:`CheckpointCorruptError` for a
     damaged file and ``ValueError`` naming the leaf (with both shapes / dtypes)
     when the checkpoint does not fit ``target``.
+
+    ``subtree``: restore only part of the saved pytree, the leaves whose
+    ``jax.tree_util.keystr`` path starts with this prefix (e.g. ``".meta_params"`` of a
+    :class:`~metarl_jax.maml.MetaTrainState`); ``target`` then has the structure of
+    that part, and the rest of the checkpoint (say, an optimizer state whose layout
+    depends on the outer rule) is not read into anything.
     """
     record = _read(path)
-    return _rebuild(record, target, os.fspath(path)), json.loads(record["metadata"])
+    return _rebuild(record, target, os.fspath(path), subtree), json.loads(record["metadata"])
 
 
 def restore_latest(
-    directory: str | os.PathLike, target: Any
+    directory: str | os.PathLike, target: Any, subtree: str | None = None
 ) -> tuple[int, Any, dict[str, Any]] | None:
     """``(step, pytree, metadata)`` of the newest readable checkpoint, or ``None`` if none.
 
     A damaged checkpoint (which an atomic save cannot produce, but a failing
     disk can) is skipped with a warning in favour of the next-newest one; a
-    checkpoint that does not fit ``target`` raises ``ValueError``.
+    checkpoint that does not fit ``target`` raises ``ValueError``. ``subtree`` as in
+    :func:`restore_checkpoint`.
     """
     for step, path in reversed(list_checkpoints(directory)):
         try:
@@ -368,5 +381,5 @@ def restore_latest(
             continue
         except FileNotFoundError:  # pruned by a concurrent saver since it was listed
             continue
-        return step, _rebuild(record, target, path), json.loads(record["metadata"])
+        return step, _rebuild(record, target, path, subtree), json.loads(record["metadata"])
     return None

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from metarl_jax import checkpoint as ckpt
 from metarl_jax import outer
 from metarl_jax.learners import _require
-from metarl_jax.maml import MAMLConfig, MetaTrainState, init_train_state, make_meta_train_step
+from metarl_jax.maml import MAMLConfig, MetaTrainState, init_meta_params, init_train_state, make_meta_train_step
 
 NONFINITE_POLICIES = ("stop", "skip")
 
@@ -428,11 +428,19 @@ def meta_train_outer(
                     metadata={"outer": name, "outer_config": dataclasses.asdict(outer_config)})
 
 
-def load_meta_params(checkpoint_dir: str, learner, maml_config: MAMLConfig, train_config: TrainConfig):
-    """Meta-parameters from the latest checkpoint in ``checkpoint_dir`` (a run's ``checkpoints/``)."""
-    optimizer = make_optimizer(train_config)
-    target = init_train_state(jax.random.PRNGKey(train_config.seed), learner, maml_config, optimizer)
-    restored = ckpt.restore_latest(checkpoint_dir, target)
+def load_meta_params(checkpoint_dir: str, learner, maml_config: MAMLConfig, train_config: TrainConfig | None = None):
+    """Meta-parameters from the latest checkpoint in ``checkpoint_dir`` (a run's ``checkpoints/``).
+
+    Works for every run that :func:`run_loop` checkpoints (:func:`meta_train`,
+    :func:`meta_train_outer` with TRPO or ProMP, curriculum runs): only the
+    ``meta_params`` part of the saved :class:`~metarl_jax.maml.MetaTrainState` is read,
+    so the outer optimizer's state (Adam, ProMP's, none for TRPO) does not have to be
+    rebuilt. ``learner`` and ``maml_config`` give the structure (a learned inner rate
+    included); ``train_config`` is accepted for backward compatibility and unused.
+    """
+    del train_config
+    target = init_meta_params(jax.random.PRNGKey(0), learner, maml_config)
+    restored = ckpt.restore_latest(checkpoint_dir, target, subtree=".meta_params")
     if restored is None:
         raise FileNotFoundError(f"checkpoint_dir={checkpoint_dir!r} holds no checkpoint")
-    return restored[1].meta_params
+    return restored[1]

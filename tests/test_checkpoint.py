@@ -163,6 +163,25 @@ def test_mismatch_errors_name_the_leaf_and_both_shapes(tmp_path):
         ckpt.restore_checkpoint(p2, {"raw_key": jax.random.key(0)})  # raw uint32 into a typed key
 
 
+def test_subtree_restores_one_part_and_ignores_the_rest(tmp_path):
+    """``subtree=".meta_params"`` reads the parameters of a saved state whatever its other leaves are."""
+    from metarl_jax.maml import MetaTrainState
+
+    params = {"policy": {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}}
+    state = MetaTrainState(params, optax.adam(1e-3).init(params), jax.random.PRNGKey(3), jnp.array(7, jnp.int32))
+    ckpt.save_checkpoint(tmp_path, 7, state)
+    target = jax.tree.map(jnp.zeros_like, params)
+    step, restored, _ = ckpt.restore_latest(tmp_path, target, subtree=".meta_params")
+    assert step == 7
+    _assert_bitwise_equal(restored, params)
+    restored2, _ = ckpt.restore_checkpoint(ckpt.list_checkpoints(tmp_path)[-1][1], target, subtree=".meta_params")
+    _assert_bitwise_equal(restored2, params)
+    with pytest.raises(ValueError, match="subtree='.params' is invalid"):
+        ckpt.restore_latest(tmp_path, target, subtree=".params")
+    with pytest.raises(ValueError, match="does not match the target's structure"):  # a part with other leaves
+        ckpt.restore_latest(tmp_path, {"policy": {"w": jnp.zeros((2, 3))}}, subtree=".meta_params")
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -21,6 +21,7 @@ from metarl_jax.train import (
     NonFiniteGradientError,
     TrainConfig,
     init_outer_state,
+    load_meta_params,
     meta_train,
     meta_train_outer,
     read_metrics,
@@ -124,7 +125,26 @@ def test_train_config_validation_names_the_field():
         TrainConfig(on_nonfinite="ignore")
 
 
+def test_experiment_task_chunk_auto_resolves_per_meta_batch_and_platform():
+    """``task_chunk="auto"`` (the default) is ``maml.auto_task_chunk`` for the run's meta-batch on
+    JAX's default backend; integers and ``None`` pass through; anything else names the field."""
+    from metarl_jax.maml import auto_task_chunk
+
+    assert BanditConfig().task_chunk == "auto"
+    expected = auto_task_chunk(20)  # 4 on a CPU (5 chunks of 4), None on an accelerator
+    assert BanditConfig(meta_batch=20).maml_config().task_chunk == expected
+    if jax.default_backend() == "cpu":
+        assert expected == 4
+    assert BanditConfig(meta_batch=4).maml_config().task_chunk is None  # too few tasks to split
+    assert BanditConfig(meta_batch=20, task_chunk=None).maml_config().task_chunk is None
+    assert BanditConfig(meta_batch=20, task_chunk=7).maml_config().task_chunk == 7
+    for bad in ("some", 0, True, 2.5):
+        with pytest.raises(ValueError, match=f"task_chunk={bad!r} is invalid: allowed values are 'auto', None"):
+            BanditConfig(task_chunk=bad)
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--task-chunk", "0"], "task_chunk=0 is invalid"),
     (["--inner-lr", "-1"], "inner_lr=-1.0 is invalid"),
     (["--estimator", "maml"], "estimator='maml' is invalid"),
     (["--meta-batch", "0"], "meta_batch=0 is invalid"),
@@ -166,6 +186,14 @@ def test_trpo_run_writes_metrics_and_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     _, _, meta = checkpoint.restore_latest(os.path.join(interrupted, "checkpoints"), state)
     assert meta["iteration"] == 8 and meta["outer"] == "TRPO"
+    # load_meta_params reads a TRPO run's parameters without rebuilding its outer state.
+    loaded = load_meta_params(os.path.join(interrupted, "checkpoints"), _OUTER_LEARNER, _OUTER_MAML)
+    assert jax.tree.structure(loaded) == jax.tree.structure(full_state.meta_params)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(full_state.meta_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    initial = outer.init_trpo_state(jax.random.PRNGKey(_OUTER_TRAIN.seed), _OUTER_LEARNER, _OUTER_MAML).meta_params
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(initial)))  # trained, not the init
 
 
 def test_run_loop_and_meta_train_outer_validation_names_the_field():

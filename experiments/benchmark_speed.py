@@ -348,6 +348,7 @@ def run_config(task: str, learner_name: str, meta_batch: int, order: int, iters:
         "device": device_description(),
         "jax_version": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     }
     if dev.platform == "cpu":
         mem = compiled.memory_analysis()

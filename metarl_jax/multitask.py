@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from metarl_jax.learners import _require
-from metarl_jax.maml import MAMLConfig, MetaTrainState, init_meta_params, keep_if_finite, tree_all_finite
+from metarl_jax.maml import MAMLConfig, MetaTrainState, init_meta_params, keep_if_finite, map_tasks, tree_all_finite
 from metarl_jax.tasks.base import num_tasks_in
 from metarl_jax.train import TrainConfig, make_optimizer, run_loop
 
@@ -57,10 +57,7 @@ def multitask_loss(learner, params, tasks, key: jax.Array, task_chunk: int | Non
         data = learner.collect_outer(task_key, params, task)
         return learner.outer_loss(params, data), learner.mean_return(data)
 
-    if task_chunk is None or task_chunk >= num_tasks:
-        task_losses, returns = jax.vmap(per_task)((tasks, keys))
-    else:
-        task_losses, returns = jax.lax.map(per_task, (tasks, keys), batch_size=int(task_chunk))
+    task_losses, returns = map_tasks(per_task, (tasks, keys), num_tasks, task_chunk)  # as MAML's chunks
     return jnp.mean(task_losses), {"return": jnp.mean(returns), "per_task_return": returns}
 
 

@@ -76,8 +76,8 @@ from flax import struct
 
 from metarl_jax import losses
 from metarl_jax.learners import _require
-from metarl_jax.maml import (MAMLConfig, MetaTrainState, init_train_state, keep_if_finite, sgd_inner_update,
-                             tree_all_finite)
+from metarl_jax.maml import (MAMLConfig, MetaTrainState, init_train_state, keep_if_finite, map_tasks,
+                             sgd_inner_update, tree_all_finite)
 from metarl_jax.tasks.base import num_tasks_in
 
 # ----------------------------------------------------------------------------- configs
@@ -295,13 +295,6 @@ class MetaBatch:
         }
 
 
-def _map_tasks(fn: Callable, xs, num_tasks: int, task_chunk: int | None):
-    """``vmap`` over the task axis, or ``lax.map`` over chunks of ``task_chunk`` tasks (same results)."""
-    if task_chunk is None or task_chunk >= num_tasks:
-        return jax.vmap(fn)(xs)
-    return jax.lax.map(fn, xs, batch_size=int(task_chunk))
-
-
 def _inner_gradient(learner, config: MAMLConfig, phi, data):
     """The inner gradient exactly as :func:`maml.adapt` takes it (``inner_grad`` hook, ``first_order``)."""
     if hasattr(learner, "inner_grad"):
@@ -348,7 +341,7 @@ def sample_meta_batch(learner, config: MAMLConfig, meta_params: dict, tasks, key
                 inner_returns, learner.mean_return(outer))
 
     keys = jax.random.split(key, num_tasks)
-    out = _map_tasks(per_task, (tasks, keys), num_tasks, config.task_chunk)
+    out = map_tasks(per_task, (tasks, keys), num_tasks, config.task_chunk)
     inner_data, outer, adv, logp, phi, inner_returns, post_returns = jax.lax.stop_gradient(out)
     chex.assert_rank(adv, 3)
     chex.assert_equal_shape([adv, logp, outer.mask])
@@ -402,7 +395,7 @@ def _per_task_terms(learner, config: MAMLConfig, meta_params, batch: MetaBatch, 
                 losses.masked_mean(clipped, outer.mask))
 
     xs = (batch.inner_data, batch.outer_data, batch.advantages, batch.old_log_probs, batch.adapted_params)
-    return _map_tasks(per_task, xs, batch.num_tasks, config.task_chunk)
+    return map_tasks(per_task, xs, batch.num_tasks, config.task_chunk)
 
 
 # ----------------------------------------------------------------------------- TRPO

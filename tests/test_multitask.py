@@ -12,7 +12,7 @@ import pytest
 from metarl_jax import checkpoint
 from metarl_jax.learners import PGConfig, PolicyGradientLearner
 from metarl_jax.maml import MAMLConfig
-from metarl_jax.multitask import init_multitask_state, multitask_pretrain
+from metarl_jax.multitask import init_multitask_state, multitask_loss, multitask_pretrain
 from metarl_jax.networks import make_policy_for
 from metarl_jax.tasks import BernoulliBandit, sample_tasks
 from metarl_jax.train import NonFiniteGradientError, TrainConfig, make_optimizer, read_metrics
@@ -71,6 +71,25 @@ class _NaNLossLearner(PolicyGradientLearner):
 
     def outer_loss(self, params, data):
         return super().outer_loss(params, data) * jnp.nan
+
+
+def test_task_chunks_give_the_vmapped_loss_and_gradient():
+    """``task_chunk`` is execution only (``maml.map_tasks``, as in MAML): 5 tasks in chunks of 2 give
+    the vmapped loss, per-task returns and gradient."""
+    tasks = sample_tasks(FAMILY, jax.random.PRNGKey(1), 5)
+    theta = init_multitask_state(jax.random.PRNGKey(0), LEARNER, MAML, make_optimizer(TRAIN)).meta_params["policy"]
+    theta = jax.tree.map(lambda x: x + 0.3 * jnp.arange(x.size, dtype=x.dtype).reshape(x.shape) / x.size, theta)
+
+    def program(p):
+        return [jax.value_and_grad(lambda q: multitask_loss(LEARNER, q, tasks, jax.random.PRNGKey(2), chunk),
+                                   has_aux=True)(p) for chunk in (None, 2)]
+
+    ((loss_v, metrics_v), grad_v), ((loss_c, metrics_c), grad_c) = jax.jit(program)(theta)
+    np.testing.assert_allclose(float(loss_c), float(loss_v), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(metrics_c["per_task_return"]), np.asarray(metrics_v["per_task_return"]))
+    for a, b in zip(jax.tree.leaves(grad_v), jax.tree.leaves(grad_c)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grad_v)) > 1e-3
 
 
 def test_nonfinite_gradient_stops_or_is_skipped():

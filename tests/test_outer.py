@@ -128,6 +128,28 @@ def test_meta_batch_reproduces_maml_adapt(tabular, surr_kl):
         assert abs(float(kl)) < 1e-10
 
 
+def test_task_chunks_give_the_vmapped_batch_surrogate_and_gradient(tabular):
+    """``task_chunk`` is execution only for TRPO / ProMP as for MAML (``maml.map_tasks``): 3 tasks in
+    chunks of 2 give the vmapped meta-batch, surrogate, KL and surrogate gradient (float64)."""
+    meta_params, tasks, key, _ = tabular
+    chunked = dataclasses.replace(CONFIG, task_chunk=2)
+
+    def program(mp):
+        out = {}
+        for name, config in (("vmap", CONFIG), ("chunks", chunked)):
+            batch = outer.sample_meta_batch(LEARNER, config, mp, tasks, key)
+            surr_kl = lambda p: outer.trpo_surrogate_and_kl(LEARNER, config, p, batch)
+            out[name] = (batch.adapted_params, batch.old_log_probs, surr_kl(mp), jax.grad(lambda p: surr_kl(p)[0])(mp))
+        return out
+
+    with jax.enable_x64(True):
+        out = jax.device_get(_compile(program, meta_params)(meta_params))
+    # The tabular MDP's rewards (and so the advantages) are float32: agreement to float32 rounding.
+    for a, b in zip(jax.tree.leaves(out["vmap"]), jax.tree.leaves(out["chunks"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    assert float(np.max(np.abs(_flat(out["vmap"][3])))) > 1e-3  # a real gradient was compared
+
+
 def test_kl_hvp_matches_finite_differences_through_the_adaptation(linear_algebra):
     """``jvp(grad KL)`` equals central differences of ``grad KL`` away from theta_old (float64)."""
     la = linear_algebra

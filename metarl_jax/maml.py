@@ -39,6 +39,7 @@ from typing import Any, Callable, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from metarl_jax import losses
@@ -247,8 +248,9 @@ def auto_task_chunk(meta_batch: int, platform: str | None = None, accumulate: bo
       more chunks than :func:`map_tasks` unrolls. Second-order navigation at 20 tasks on 2 cores:
       5 chunks of 4 are 10-25% faster than one vmap (``docs/benchmarks.md``).
     """
+    _require(isinstance(meta_batch, (int, np.integer)) and not isinstance(meta_batch, bool) and meta_batch >= 1,
+             "meta_batch", meta_batch, "must be an integer >= 1")
     meta_batch = int(meta_batch)
-    _require(meta_batch >= 1, "meta_batch", meta_batch, "must be an integer >= 1")
     if meta_batch <= AUTO_TASKS_PER_CHUNK:
         return None
     if accumulate:

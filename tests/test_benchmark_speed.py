@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from experiments import benchmark_speed as bs
@@ -24,8 +25,10 @@ def test_task_chunk_spec_values_and_errors():
     assert bs.resolve_task_chunk("auto", 1000, "gpu", accumulate=True) == AUTO_TASKS_PER_CHUNK
     assert bs.resolve_task_chunk("auto", 4, "cpu", accumulate=True) is None
     assert auto_task_chunk(20, "gpu") is None and auto_task_chunk(20, "cuda") is None
-    with pytest.raises(ValueError, match="meta_batch=0 is invalid"):
-        auto_task_chunk(0, "cpu")
+    assert auto_task_chunk(np.int64(20), "cpu") == 4
+    for bad in (0, "20", 2.0, True):
+        with pytest.raises(ValueError, match=f"meta_batch={bad!r} is invalid: must be an integer >= 1"):
+            auto_task_chunk(bad, "cpu")
     with pytest.raises(ValueError, match="--task-chunk='0' is invalid"):
         bs.resolve_task_chunk("0", 20, "cpu")
     with pytest.raises(ValueError, match="--task-chunk='some' is invalid: allowed are 'auto', 'none'"):

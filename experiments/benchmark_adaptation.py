@@ -176,7 +176,7 @@ def train_or_load(cfg: MAMLExperimentConfig, bench: AdaptationBenchmarkConfig, p
         t0 = time.perf_counter()
         if bench.checkpoint_dir is not None:
             directory = _require_checkpoint(os.path.join(bench.checkpoint_dir, slug(pair), variant, "checkpoints"))
-            params[variant] = load_meta_params(directory, learner, maml_config, train_config)
+            params[variant] = load_meta_params(directory, learner, maml_config)
             records[variant] = {"loaded_from": directory}
         else:
             state, history = meta_train(learner, maml_config, train_config, sample,

@@ -193,7 +193,7 @@ def run(bench: EstimatorBenchmarkConfig) -> dict:
     optimizer = make_optimizer(ref_train)
     points = {"initial": init_train_state(jax.random.PRNGKey(bench.seed), ref_learner, ref_maml, optimizer).meta_params}
     if bench.checkpoint_dir is not None:
-        points["trained"] = load_meta_params(bench.checkpoint_dir, ref_learner, ref_maml, ref_train)
+        points["trained"] = load_meta_params(bench.checkpoint_dir, ref_learner, ref_maml)
         trained_source = bench.checkpoint_dir
     elif bench.reference in trained_params:
         points["trained"] = trained_params[bench.reference]

@@ -428,7 +428,7 @@ def meta_train_outer(
                     metadata={"outer": name, "outer_config": dataclasses.asdict(outer_config)})
 
 
-def load_meta_params(checkpoint_dir: str, learner, maml_config: MAMLConfig, train_config: TrainConfig | None = None):
+def load_meta_params(checkpoint_dir: str, learner, maml_config: MAMLConfig):
     """Meta-parameters from the latest checkpoint in ``checkpoint_dir`` (a run's ``checkpoints/``).
 
     Works for every run that :func:`run_loop` checkpoints (:func:`meta_train`,
@@ -436,9 +436,8 @@ def load_meta_params(checkpoint_dir: str, learner, maml_config: MAMLConfig, trai
     ``meta_params`` part of the saved :class:`~metarl_jax.maml.MetaTrainState` is read,
     so the outer optimizer's state (Adam, ProMP's, none for TRPO) does not have to be
     rebuilt. ``learner`` and ``maml_config`` give the structure (a learned inner rate
-    included); ``train_config`` is accepted for backward compatibility and unused.
+    included).
     """
-    del train_config
     target = init_meta_params(jax.random.PRNGKey(0), learner, maml_config)
     restored = ckpt.restore_latest(checkpoint_dir, target, subtree=".meta_params")
     if restored is None:

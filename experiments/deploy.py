@@ -42,6 +42,9 @@ class DeployConfig:
     """PRNG seed (the sampled task, the rollouts)"""
     inner_lr: float | None = None
     """inner step size (default: the learned or configured one; 0: no adaptation)"""
+    keep_best: bool = True
+    """policy selection by round return: each update starts from the best parameters so far, so a step that
+    made the return worse (likelier beyond the trained K) is undone after one round (--no-keep-best: plain SGD)"""
     out_dir: str | None = None
     """where to write deploy.json and the plots (default: <run dir>/deploy)"""
 
@@ -86,9 +89,11 @@ def report(family, task, result) -> tuple[str, dict]:
     """A table per round and a JSON-ready dict of the result."""
     returns = np.asarray(result.returns)
     greedy = np.asarray(result.greedy_returns)
-    header = ["round", "return", "mode-policy return"]
-    rows = [[str(r), f"{returns[r]:.3f}", f"{greedy[r]:.3f}"] for r in range(len(returns))]
-    payload = {"returns": returns.tolist(), "greedy_returns": greedy.tolist(),
+    starts = np.asarray(result.best_round)
+    header = ["round", "return", "mode-policy return", "next update from round"]
+    rows = [[str(r), f"{returns[r]:.3f}", f"{greedy[r]:.3f}", str(int(starts[r]))] for r in range(len(returns))]
+    payload = {"returns": returns.tolist(), "greedy_returns": greedy.tolist(), "update_from_round": starts.tolist(),
+               "extra_episodes": int(np.asarray(result.extra_episodes)),
                "task": {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(task).items()}}
     if result.action_counts is not None:
         counts = np.asarray(result.action_counts)
@@ -169,9 +174,11 @@ def run(config: DeployConfig) -> dict:
     key_task, key_deploy = jax.random.split(jax.random.PRNGKey(config.seed))
     task = parse_task(loaded.family, config.task, key_task)
     result = jax.jit(lambda mp, t, k: deploy(loaded.learner, loaded.maml_config, mp, t, k, config.rounds,
-                                             config.inner_lr))(loaded.meta_params, task, key_deploy)
+                                             config.inner_lr, keep_best=config.keep_best))(
+        loaded.meta_params, task, key_deploy)
     table, payload = report(loaded.family, task, result)
-    print(f"checkpoint: {loaded.checkpoint}  family: {loaded.family.name}  rounds: {config.rounds}")
+    print(f"checkpoint: {loaded.checkpoint}  family: {loaded.family.name}  rounds: {config.rounds}  "
+          f"trained K: {loaded.maml_config.inner_steps}  keep_best: {config.keep_best}")
     print(table)
     out_dir = config.out_dir or os.path.join(loaded.run_dir, "deploy")
     os.makedirs(out_dir, exist_ok=True)

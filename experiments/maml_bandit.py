@@ -30,7 +30,6 @@ class BanditConfig(MAMLExperimentConfig):
     estimator: str = "lvc"
     outer_lr: float = 3e-2
     hidden_sizes: tuple[int, ...] = (32,)
-    eval_steps: int = 3
 
 
 if __name__ == "__main__":

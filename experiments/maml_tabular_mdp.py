@@ -27,7 +27,6 @@ class TabularMDPConfig(MAMLExperimentConfig):
     estimator: str = "lvc"
     outer_lr: float = 3e-2
     hidden_sizes: tuple[int, ...] = (64,)
-    eval_steps: int = 3
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ PRNG key); use the functions directly when you need to ``vmap`` or differentiate
 
     agent = MetaRL("bandit", num_arms=3, horizon=10, meta_batch=8, num_episodes=8)
     history = agent.train(20)           # [{"iteration": 0, "post_adaptation_return": ..., ...}, ...]
-    agent.adapt(steps=1)                # on a new task drawn from the family
+    agent.adapt()                       # inner_steps (the trained K) steps on a new task from the family
     arm = agent.predict()               # greedy action of the adapted policy
 """
 
@@ -32,8 +32,9 @@ import numpy as np
 
 from metarl_jax import checkpoint as ckpt
 from metarl_jax.deploy import ModeActions, check_single_task
-from metarl_jax.experiment import LEARNERS, MAMLExperimentConfig
+from metarl_jax.experiment import FAMILY_FIELDS, LEARNERS, MAMLExperimentConfig
 from metarl_jax.maml import adapt, init_train_state, make_meta_train_step
+from metarl_jax.policy_selection import SelectionConfig, select_adapted
 from metarl_jax.tasks import (
     FAMILY_NAMES,
     BernoulliBandit,
@@ -92,6 +93,13 @@ class MetaRL:
         family_options = {k: v for k, v in options.items() if k not in _CONFIG_FIELDS}
         if "horizon" in config_options:
             family_options["horizon"] = config_options["horizon"]
+        for field, (owner, argument) in FAMILY_FIELDS.items():  # config fields that shape the family
+            if field not in config_options:
+                continue
+            if family_or_name != owner:
+                raise ValueError(f"{field}={config_options[field]!r} is invalid here: it is an argument of the "
+                                 f"{owner!r} family built by name, not of {family_or_name!r}")
+            family_options[argument] = config_options[field]
         if "hidden_sizes" in config_options:
             config_options["hidden_sizes"] = tuple(config_options["hidden_sizes"])
 
@@ -132,6 +140,7 @@ class MetaRL:
         self._key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
         self._adapted = None
         self.task = None
+        self.last_selection: dict | None = None
         self.history: list[dict] = []
         self._compiled: dict[Any, Any] = {}
 
@@ -214,21 +223,46 @@ class MetaRL:
         """A new task drawn from the family (advances the object's PRNG key)."""
         return self.family.sample_params(self._next_key())
 
-    def adapt(self, task=None, steps: int = 1):
+    def adapt(self, task=None, steps: int | None = None, select: bool | SelectionConfig = False):
         """Adapt the meta-learned policy to ``task`` (default: a new task from the family).
 
-        ``steps`` inner policy-gradient steps of :func:`metarl_jax.maml.adapt`, each on a fresh
-        batch of ``num_episodes`` episodes. Returns the adapted policy parameters and keeps
-        them (and the task) for :meth:`predict`.
+        ``steps`` inner steps of :func:`metarl_jax.maml.adapt` (default: ``inner_steps``, the
+        number the meta-objective was trained for), each on a fresh batch of ``num_episodes``
+        episodes. Returns the adapted policy parameters and keeps them (and the task) for
+        :meth:`predict`.
+
+        ``select``: policy selection (:mod:`metarl_jax.policy_selection`): ``True`` (or a
+        :class:`~metarl_jax.policy_selection.SelectionConfig`) builds the candidates ``k = 0..steps``
+        at half and full step size, scores each on fresh validation episodes and keeps the best;
+        :attr:`last_selection` then reports the chosen ``k``, step-size multiple, every candidate's
+        validation return and the episodes spent adapting and validating.
         """
-        steps = _positive_int("steps", steps, 1)
+        steps = self.maml_config.inner_steps if steps is None else _positive_int("steps", steps, 1)
         task = self.sample_task() if task is None else task
         check_single_task(self.family, task)
-        if ("adapt", steps) not in self._compiled:
-            cfg = dataclasses.replace(self.maml_config, inner_steps=steps, estimator="first_order")
-            self._compiled[("adapt", steps)] = jax.jit(
-                lambda mp, t, k: adapt(self.learner, cfg, mp, t, k)[0])
-        self._adapted = self._compiled[("adapt", steps)](self.meta_params, task, self._next_key())
+        if select is not False:
+            selection = select if isinstance(select, SelectionConfig) else SelectionConfig()
+            if not isinstance(select, (bool, SelectionConfig)):
+                raise ValueError(f"select={select!r} is invalid: give True, False or a SelectionConfig")
+            selection = dataclasses.replace(selection, num_steps=steps)
+            cache = ("select", selection)
+            if cache not in self._compiled:
+                self._compiled[cache] = jax.jit(
+                    lambda mp, t, k: select_adapted(self.learner, self.maml_config, mp, t, k, selection))
+            result = self._compiled[cache](self.meta_params, task, self._next_key())
+            self.last_selection = {
+                "steps": int(result.steps), "lr_scale": float(result.lr_scale),
+                "validation_returns": np.asarray(result.validation_returns).tolist(),
+                "adaptation_episodes": int(result.adaptation_episodes),
+                "validation_episodes": int(result.validation_episodes)}
+            self._adapted = result.params
+        else:
+            if ("adapt", steps) not in self._compiled:
+                cfg = dataclasses.replace(self.maml_config, inner_steps=steps, estimator="first_order")
+                self._compiled[("adapt", steps)] = jax.jit(
+                    lambda mp, t, k: adapt(self.learner, cfg, mp, t, k)[0])
+            self._adapted = self._compiled[("adapt", steps)](self.meta_params, task, self._next_key())
+            self.last_selection = None
         self.task = task
         return self._adapted
 

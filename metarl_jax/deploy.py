@@ -16,6 +16,22 @@ it jits, and ``jax.vmap`` over tasks (and keys) deploys on a batch of tasks
 Per round it also runs one episode of the *mode* policy of ``phi_r`` (Gaussian
 mean / most likely action / greedy Q action), whose observations are the
 ``paths`` (positions, for navigation).
+
+Rounds beyond the trained ``K``. The meta-objective trained ``K = inner_steps``
+updates; later rounds take steps it never saw. ``keep_best=True`` is policy
+selection by the reward feedback itself. Let ``B`` be the best round return among
+the accepted rounds and ``se_r`` the standard error of round ``r``'s mean return.
+Round ``r``'s parameters are accepted unless ``G_r < B - 2 se_r`` (clearly worse than
+the best, not just noise); the next update starts from the last accepted
+parameters ``phi_a``:
+
+    phi_r+1 = phi_r - alpha * grad L_in(phi_r, D_r)          if round r is accepted
+    phi_r+1 = phi_a - alpha * grad L_in(phi_a, D'_r)         else, D'_r fresh episodes of phi_a
+
+(the rejected step is retaken on new data, since ``D_a`` would repeat the same
+update; ``D'_r`` is counted in ``extra_episodes``). A step that made the return
+worse is undone after one round instead of compounding; the validation data is
+the deployment's own episodes.
 """
 
 from __future__ import annotations
@@ -53,6 +69,11 @@ class DeployResult:
         (discrete actions; bandits: pulls per arm), else ``None``.
       mean_action: ``[R, d]`` mean action of round ``r``'s batch (continuous actions), else ``None``.
       params: ``phi_R``, the parameters after the last round's update.
+      best_round: ``[R]`` int32, with ``keep_best`` the round whose parameters the next update
+        started from (else ``r``).
+      return_stderr: ``[R]`` standard error of round ``r``'s mean return (episode returns' std / sqrt(E)).
+      extra_episodes: ``[]`` int32, episodes collected beyond the rounds' own batches (``keep_best``
+        retakes a rejected step on a fresh batch of the best parameters).
     """
 
     returns: jax.Array
@@ -62,6 +83,9 @@ class DeployResult:
     action_counts: jax.Array | None
     mean_action: jax.Array | None
     params: Any
+    best_round: jax.Array | None = None
+    extra_episodes: jax.Array | None = None
+    return_stderr: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +140,7 @@ def deploy(
     num_rounds: int,
     inner_lr: float | jax.Array | None = None,
     inner_optimizer=None,
+    keep_best: bool = False,
 ) -> DeployResult:
     """Act and adapt on one task for ``num_rounds`` rounds from ``meta_params`` (see the module docstring).
 
@@ -131,6 +156,8 @@ def deploy(
         ``maml_config.inner_lr``; a number (or traced scalar) ``>= 0`` overrides both;
         ``0`` is the no-update control (the meta-learned policy, unchanged).
       inner_optimizer: an optax transformation to use instead of SGD (as in ``adapt``).
+      keep_best: each update starts from the best parameters so far by round return (see the
+        module docstring); ``False`` updates the last round's parameters.
 
     Returns:
       A :class:`DeployResult`.
@@ -149,18 +176,45 @@ def deploy(
     horizon = int(learner.config.horizon)
     opt_state = inner_optimizer.init(theta) if inner_optimizer is not None else None
 
-    def round_(carry, round_key):
-        phi, opt_state = carry
-        data = learner.collect(round_key, phi, task)
+    def inner_gradient(phi, data):
         if hasattr(learner, "inner_grad"):
-            loss, grads = learner.inner_grad(phi, data, maml_config.estimator)
-        else:
-            loss, grads = jax.value_and_grad(learner.inner_loss)(phi, data, maml_config.estimator)
+            return learner.inner_grad(phi, data, maml_config.estimator)
+        return jax.value_and_grad(learner.inner_loss)(phi, data, maml_config.estimator)
+
+    def update(phi, opt_state, grads):
         if inner_optimizer is None:
-            new_phi = sgd_inner_update(phi, grads, lr)
+            return sgd_inner_update(phi, grads, lr), opt_state
+        updates, opt_state = inner_optimizer.update(grads, opt_state, phi)
+        return optax.apply_updates(phi, updates), opt_state
+
+    def round_(carry, xs):
+        phi, opt_state, best = carry
+        round_key, r = xs
+        data = learner.collect(round_key, phi, task)
+        round_return = learner.mean_return(data)
+        loss, grads = inner_gradient(phi, data)
+        episode_returns = data.episode_returns(1.0)
+        stderr = jnp.std(episode_returns, ddof=1) / jnp.sqrt(episode_returns.shape[0]) if episode_returns.shape[0] > 1 \
+            else jnp.zeros_like(round_return)
+        if keep_best:
+            best_phi, best_opt, best_return, best_index, extra = best
+            # Accept the round's parameters unless their return is clearly (2 standard errors) below the best.
+            accepted = round_return >= best_return - 2.0 * stderr
+            best_phi, best_opt = jax.tree.map(lambda n, o: jnp.where(accepted, n, o),
+                                              (phi, opt_state), (best_phi, best_opt))
+            best_return = jnp.where(accepted, jnp.maximum(round_return, best_return), best_return).astype(best_return.dtype)
+            best_index = jnp.where(accepted, r, best_index)
+            # A rejected step is retaken from the best parameters on a fresh batch of their episodes.
+            retake = learner.collect(jax.random.fold_in(round_key, 2), best_phi, task)
+            _, retake_grads = inner_gradient(best_phi, retake)
+            grads = jax.tree.map(lambda g, h: jnp.where(accepted, g, h), grads, retake_grads)
+            extra = extra + jnp.where(accepted, 0, retake.num_episodes).astype(jnp.int32)
+            new_phi, opt_state = update(best_phi, best_opt, grads)
+            best = (best_phi, best_opt, best_return, best_index, extra)
+            start = best_index
         else:
-            updates, opt_state = inner_optimizer.update(grads, opt_state, phi)
-            new_phi = optax.apply_updates(phi, updates)
+            new_phi, opt_state = update(phi, opt_state, grads)
+            start = r
         mask = data.mask
         if discrete:
             counts = jnp.sum(jax.nn.one_hot(data.action, num_actions) * mask[..., None], axis=(0, 1))
@@ -169,23 +223,27 @@ def deploy(
             total = jnp.sum(data.action * mask[..., None], axis=(0, 1))
             stats = (None, total / jnp.maximum(jnp.sum(mask), 1.0))
         greedy = rollout(jax.random.fold_in(round_key, 1), env, mode, phi, task, 1, horizon)
-        out = (learner.mean_return(data), loss, greedy.episode_returns(1.0)[0], greedy.next_obs[0], stats)
-        return (new_phi, opt_state), out
+        out = (round_return, loss, greedy.episode_returns(1.0)[0], greedy.next_obs[0], stats, start, stderr)
+        return (new_phi, opt_state, best), out
 
     keys = jax.random.split(key, num_rounds)
-    (phi, _), (returns, losses, greedy_returns, paths, (counts, mean_action)) = jax.lax.scan(
-        round_, (theta, opt_state), keys)
+    best0 = (theta, opt_state, jnp.asarray(-jnp.inf, jnp.float32), jnp.zeros((), jnp.int32),
+             jnp.zeros((), jnp.int32)) if keep_best else None
+    (phi, _, best), (returns, losses, greedy_returns, paths, (counts, mean_action), starts, stderrs) = jax.lax.scan(
+        round_, (theta, opt_state, best0), (keys, jnp.arange(num_rounds, dtype=jnp.int32)))
     chex.assert_shape(returns, (num_rounds,))
+    extra = best[4] if keep_best else jnp.zeros((), jnp.int32)
     return DeployResult(returns=returns, losses=losses, greedy_returns=greedy_returns, paths=paths,
-                        action_counts=counts, mean_action=mean_action, params=phi)
+                        action_counts=counts, mean_action=mean_action, params=phi,
+                        best_round=starts.astype(jnp.int32), extra_episodes=extra, return_stderr=stderrs)
 
 
 def deploy_batch(learner, maml_config: MAMLConfig, meta_params: dict, tasks, key: jax.Array, num_rounds: int,
-                 inner_lr=None, inner_optimizer=None) -> DeployResult:
+                 inner_lr=None, inner_optimizer=None, keep_best: bool = False) -> DeployResult:
     """:func:`deploy` vmapped over a batch of ``N`` tasks (one key each): every field gets a leading ``[N]``."""
     keys = jax.random.split(key, num_tasks_in(tasks))
     return jax.vmap(lambda t, k: deploy(learner, maml_config, meta_params, t, k, num_rounds, inner_lr,
-                                        inner_optimizer))(tasks, keys)
+                                        inner_optimizer, keep_best))(tasks, keys)
 
 
 # --------------------------------------------------------------------------- loading a run

@@ -22,12 +22,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarl_jax import evaluation, plotting
-from metarl_jax.learners import ESTIMATORS, PGConfig, PolicyGradientLearner, _require
+from metarl_jax.learners import ESTIMATORS, PLAIN_LOSS_ESTIMATORS, PGConfig, PolicyGradientLearner, _require
 from metarl_jax.maml import MAMLConfig, auto_task_chunk, init_meta_params
 from metarl_jax.networks import make_policy_for
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks import FAMILY_NAMES, make_family, sample_tasks
 from metarl_jax.train import TrainConfig, meta_train
+
+
+#: Inner step sizes by ``(task, learner)`` under the config's surrogate defaults (``normalize="step"``,
+#: standardised advantages): what one inner step needs to change the behaviour of a small softmax
+#: policy (logit changes of order 1) or a Gaussian one (navigation: 0.1, Finn et al. 2017). Any
+#: other pair: 0.1. Measured in ``docs/benchmarks.md`` ("Inner step sizes").
+DEFAULT_INNER_LR: dict[tuple[str, str], float] = {
+    ("bandit", "pg"): 3.0,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +59,10 @@ class MAMLExperimentConfig:
     standardize_advantages: bool = True
     normalize: str = "step"
     """surrogate normalisation: 'episode' (sum over time) or 'step' (mean over steps)"""
-    inner_lr: float = 0.1
-    inner_steps: int = 1
+    inner_lr: float | None = None
+    """inner SGD step size; None: the default for the task and learner (metarl_jax.experiment.DEFAULT_INNER_LR)"""
+    inner_steps: int = 3
+    """inner steps K the meta-objective differentiates through (the adaptation it trains for)"""
     learn_inner_lr: bool = False
     estimator: str = "dice"
     outer_lr: float = 3e-3
@@ -84,8 +95,8 @@ class MAMLExperimentConfig:
     """bandit: number of arms"""
     eval_tasks: int = 100
     """held-out tasks for the adaptation curve"""
-    eval_steps: int = 3
-    """inner steps K of the adaptation curve (returns after k = 0..K)"""
+    eval_steps: int | None = None
+    """inner steps of the adaptation curve (returns after k = 0..eval_steps); None: the trained inner_steps"""
     iterations_per_call: int = 5
     checkpoint_every: int = 25
     on_nonfinite: str = "stop"
@@ -99,7 +110,11 @@ class MAMLExperimentConfig:
         _require(self.learner in LEARNERS, "learner", self.learner, f"allowed values are {tuple(LEARNERS)}")
         _require(self.estimator in ESTIMATORS, "estimator", self.estimator, f"allowed values are {ESTIMATORS}")
         _require(int(self.eval_tasks) >= 2, "eval_tasks", self.eval_tasks, "must be an integer >= 2")
-        _require(int(self.eval_steps) >= 1, "eval_steps", self.eval_steps, "must be an integer >= 1")
+        _require(self.eval_steps is None or (isinstance(self.eval_steps, int) and not isinstance(self.eval_steps, bool)
+                                             and self.eval_steps >= 1),
+                 "eval_steps", self.eval_steps, "must be None (the trained inner_steps) or an integer >= 1")
+        _require(self.learner != "q" or self.estimator in PLAIN_LOSS_ESTIMATORS, "estimator", self.estimator,
+                 f"the Q-learning inner step supports {PLAIN_LOSS_ESTIMATORS} (it has no LVC form)")
         _require(int(self.num_episodes) >= 1, "num_episodes", self.num_episodes, "must be an integer >= 1")
         _require(int(self.num_arms) >= 2, "num_arms", self.num_arms, "must be an integer >= 2")
         _require(int(self.maze_size) >= 2, "maze_size", self.maze_size, "must be an integer >= 2")
@@ -137,6 +152,18 @@ class MAMLExperimentConfig:
                        temperature=self.temperature, double_q=self.double_q, outer=self.q_outer,
                        normalize=self.normalize)
 
+    @property
+    def resolved_inner_lr(self) -> float:
+        """``inner_lr``, or the default for ``(task, learner)`` from :data:`DEFAULT_INNER_LR` (else 0.1)."""
+        if self.inner_lr is not None:
+            return float(self.inner_lr)
+        return DEFAULT_INNER_LR.get((self.task, self.learner), 0.1)
+
+    @property
+    def evaluated_steps(self) -> int:
+        """Inner steps of the adaptation curve: ``eval_steps``, by default the trained ``inner_steps``."""
+        return int(self.inner_steps if self.eval_steps is None else self.eval_steps)
+
     def resolved_task_chunk(self) -> int | None:
         """``task_chunk`` with ``"auto"`` resolved for ``meta_batch`` on JAX's default backend."""
         if self.task_chunk == "auto":
@@ -144,7 +171,7 @@ class MAMLExperimentConfig:
         return self.task_chunk
 
     def maml_config(self) -> MAMLConfig:
-        return MAMLConfig(inner_steps=self.inner_steps, inner_lr=self.inner_lr, learn_inner_lr=self.learn_inner_lr,
+        return MAMLConfig(inner_steps=self.inner_steps, inner_lr=self.resolved_inner_lr, learn_inner_lr=self.learn_inner_lr,
                           estimator=self.estimator, task_chunk=self.resolved_task_chunk())
 
     def train_config(self) -> TrainConfig:
@@ -185,10 +212,19 @@ def _build_q(config: MAMLExperimentConfig, family):
 LEARNERS: dict[str, Callable[[MAMLExperimentConfig, Any], Any]] = {"pg": _build_pg, "ac": _build_ac, "q": _build_q}
 
 
+def family_kwargs(config: MAMLExperimentConfig) -> dict:
+    """Constructor arguments of ``config.task``'s family that the config holds (``horizon``, ``num_arms``, ``maze_size``)."""
+    kwargs = {"maze": {"size": config.maze_size}, "bandit": {"num_arms": config.num_arms}}.get(config.task, {})
+    return {"horizon": config.horizon, **kwargs}
+
+
+#: Config fields that are arguments of a family's constructor: ``{field: (family name, argument)}``.
+FAMILY_FIELDS = {"num_arms": ("bandit", "num_arms"), "maze_size": ("maze", "size")}
+
+
 def build(config: MAMLExperimentConfig):
     """``(family, learner, maml_config, train_config)`` for an experiment config."""
-    kwargs = {"maze": {"size": config.maze_size}, "bandit": {"num_arms": config.num_arms}}.get(config.task, {})
-    family = make_family(config.task, horizon=config.horizon, **kwargs)
+    family = make_family(config.task, **family_kwargs(config))
     learner = LEARNERS[config.learner](config, family)
     return family, learner, config.maml_config(), config.train_config()
 
@@ -224,8 +260,9 @@ def write_json(path: str, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def format_table(rows: list[tuple[str, str, str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns, a rule under the header row."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -237,14 +274,16 @@ def evaluate(config: MAMLExperimentConfig, family, learner, maml_config, meta_pa
     key_tasks, key_eval, key_random = jax.random.split(key, 3)
     tasks = sample_tasks(family, key_tasks, config.eval_tasks)
     random_params = init_meta_params(key_random, learner, maml_config)
-    curve_fn = jax.jit(lambda mp: evaluation.adaptation_returns(learner, maml_config, mp, tasks, key_eval,
-                                                               config.eval_steps))
+    steps = config.evaluated_steps
+    curve_fn = jax.jit(lambda mp: evaluation.adaptation_returns(learner, maml_config, mp, tasks, key_eval, steps))
     curves = {
         "meta-learned": evaluation.summarize_curve(np.asarray(curve_fn(meta_params))),
         "random init": evaluation.summarize_curve(np.asarray(curve_fn(random_params))),
     }
     optimum = evaluation.optimal_returns(family, tasks, config.horizon)
-    result = {"curves": curves, "eval_tasks": config.eval_tasks, "eval_steps": config.eval_steps}
+    result = {"curves": curves, "eval_tasks": config.eval_tasks, "eval_steps": steps,
+              "trained_inner_steps": int(maml_config.inner_steps),
+              "metric": "mean undiscounted episode return after k inner steps, held-out tasks"}
     if optimum is not None:
         mean, half = evaluation.mean_and_ci95(np.asarray(optimum))
         result["optimum"] = {"mean": float(mean), "ci95": float(half)}
@@ -252,21 +291,32 @@ def evaluate(config: MAMLExperimentConfig, family, learner, maml_config, meta_pa
 
 
 def result_table(result: dict) -> str:
-    rows = [("policy", "before adaptation (k=0)", "after 1 inner step (k=1)")]
-    fmt = lambda s, k: f"{s['mean'][k]:.3f} ± {s['ci95'][k]:.3f}"
+    """The adaptation table: one row per initialisation, one column per k = 0..K, the trained K marked."""
+    trained = result.get("trained_inner_steps")
+    steps = len(next(iter(result["curves"].values()))["mean"])
+    def header(k):
+        if k == 0:
+            return "k=0 (before)"
+        return f"k={k} (trained K)" if k == trained else f"k={k}"
+    rows = [("policy",) + tuple(header(k) for k in range(steps))]
+    fmt = lambda s, k: f"{s['mean'][k]:.2f} ± {s['ci95'][k]:.2f}"
     for name, summary in result["curves"].items():
-        rows.append((name, fmt(summary, 0), fmt(summary, 1)))
+        rows.append((name,) + tuple(fmt(summary, k) for k in range(steps)))
     if "optimum" in result:
-        opt = f"{result['optimum']['mean']:.3f} ± {result['optimum']['ci95']:.3f}"
-        rows.append(("exact optimum", opt, opt))
-    return format_table(rows)
+        opt = f"{result['optimum']['mean']:.2f} ± {result['optimum']['ci95']:.2f}"
+        rows.append(("exact optimum",) + (opt,) * steps)
+    title = (f"{result.get('metric', 'mean episode return after k inner steps')} "
+             f"({result.get('eval_tasks', '?')} tasks, mean ± 95% CI); meta-trained with K={trained} inner steps")
+    return title + "\n" + format_table(rows)
 
 
-def navigation_paths(family, learner, maml_config, meta_params, seed: int, num_tasks: int = 4):
-    """Goals and mean-action paths before and after one inner step for a few held-out tasks."""
+def navigation_paths(family, learner, maml_config, meta_params, seed: int, num_tasks: int = 4,
+                     num_steps: int | None = None):
+    """Goals and mean-action paths before and after ``num_steps`` (default: the trained K) inner steps."""
     key_tasks, key_adapt = jax.random.split(jax.random.PRNGKey(seed + 2_000_003))
     tasks = sample_tasks(family, key_tasks, num_tasks)
-    phis = evaluation.adapted_params(learner, maml_config, meta_params, tasks, key_adapt, 1)
+    steps = int(maml_config.inner_steps if num_steps is None else num_steps)
+    phis = evaluation.adapted_params(learner, maml_config, meta_params, tasks, key_adapt, steps)
     mode = evaluation.ModePolicy(getattr(learner, "model", None) or learner.policy)
     path = lambda params, task: rollout(jax.random.PRNGKey(0), family, mode, params, task, 1,
                                         learner.config.horizon).next_obs[0]
@@ -292,10 +342,12 @@ def run(config: MAMLExperimentConfig, progress: bool = True) -> dict:
     plotting.plot_learning_curve(history, os.path.join(run_dir, "learning_curve.png"),
                                  title=f"{config.name}: {config.task}, {config.learner}, {config.estimator}")
     optimum = result.get("optimum", {}).get("mean")
-    plotting.plot_adaptation_curves(result["curves"], os.path.join(run_dir, "adaptation_curve.png"), optimum)
+    plotting.plot_adaptation_curves(result["curves"], os.path.join(run_dir, "adaptation_curve.png"), optimum,
+                                    trained_steps=maml_config.inner_steps)
     if config.task == "navigation" and config.learner in ("pg", "ac"):
         goals, pre, post = navigation_paths(family, learner, maml_config, state.meta_params, config.seed)
-        plotting.plot_navigation_paths(goals, pre, post, os.path.join(run_dir, "paths.png"), family.goal_range)
+        plotting.plot_navigation_paths(goals, pre, post, os.path.join(run_dir, "paths.png"), family.goal_range,
+                                       num_steps=maml_config.inner_steps)
     write_json(os.path.join(run_dir, "summary.json"), result)
     print(f"wrote {run_dir}/{{config.json, metrics.jsonl, summary.json, *.png, checkpoints/}}")
     return result

@@ -19,6 +19,10 @@ functions that :mod:`metarl_jax.maml` composes into ``adapt`` and the meta-loss:
   post-adaptation objective whose gradient the outer loss estimates (the mean
   discounted return for policy-gradient learners); weighs the DiCE score term.
 * ``mean_return(data) -> scalar``: mean undiscounted episode return, for metrics.
+* optional ``supported_estimators``: the estimators whose inner step this learner's
+  ``inner_loss`` implements (default: all of ``ESTIMATORS``). ``"lvc"`` needs an inner
+  loss that switches to the LVC surrogate when asked; a learner whose loss ignores
+  ``estimator`` leaves it out, and :func:`check_estimator` rejects the combination.
 """
 
 from __future__ import annotations
@@ -34,11 +38,25 @@ from metarl_jax.rollout import Trajectory, rollout
 BASELINES = ("none", "mean", "linear")
 NORMALIZATIONS = ("episode", "step")
 ESTIMATORS = ("dice", "lvc", "naive", "first_order")
+#: Estimators whose inner step descends the plain inner loss: any differentiable inner loss supports them
+#: (``"dice"`` adds the score term of the sampled data, which does not depend on the loss).
+PLAIN_LOSS_ESTIMATORS = ("dice", "naive", "first_order")
 
 
 def _require(cond: bool, field: str, value, allowed: str) -> None:
     if not cond:
         raise ValueError(f"{field}={value!r} is invalid: {allowed}")
+
+
+def check_estimator(learner, estimator: str) -> None:
+    """Raise ``ValueError`` unless ``learner``'s inner loss implements ``estimator``'s inner step.
+
+    A learner declares ``supported_estimators`` (default: every one of ``ESTIMATORS``).
+    """
+    supported = tuple(getattr(learner, "supported_estimators", ESTIMATORS))
+    _require(estimator in supported, "estimator", estimator,
+             f"{type(learner).__name__}'s inner loss supports {supported} (declare supported_estimators "
+             "on a custom inner loss that implements another)")
 
 
 def _require_unroll(value) -> None:
@@ -59,9 +77,10 @@ class PGConfig:
       baseline: ``"none"``, ``"mean"`` (per-time-step batch mean) or ``"linear"``
         (rllab's linear feature baseline fitted on the batch in closed form).
       standardize_advantages: rescale advantages to mean 0 / std 1 over the batch.
-      normalize: ``"episode"``: surrogate = sum over time, mean over episodes (its
-        gradient estimates grad J); ``"step"``: mean over all valid steps (grad J / T,
-        the convention of pytorch-maml-rl and learn2learn, whose step sizes assume it).
+      normalize: ``"step"`` (default): mean over all valid steps (grad J / T, the
+        convention of pytorch-maml-rl and learn2learn, and the one ``MAMLConfig``'s
+        default ``inner_lr=0.1`` is tuned for); ``"episode"``: surrogate = sum over time,
+        mean over episodes (its gradient estimates grad J, T times larger).
       rollout_unroll: execution only (identical results): ``unroll`` of the rollout's
         ``lax.scan`` over time. ``k > 1`` runs ``k`` steps per loop iteration: longer
         compiles, fewer loop iterations (on a GPU each one costs a device-to-host
@@ -74,7 +93,7 @@ class PGConfig:
     gamma: float = 0.99
     baseline: str = "linear"
     standardize_advantages: bool = True
-    normalize: str = "episode"
+    normalize: str = "step"
     rollout_unroll: int = 1
 
     def __post_init__(self):
@@ -85,6 +104,13 @@ class PGConfig:
         _require(self.baseline in BASELINES, "baseline", self.baseline, f"allowed values are {BASELINES}")
         _require(self.normalize in NORMALIZATIONS, "normalize", self.normalize, f"allowed values are {NORMALIZATIONS}")
         _require_unroll(self.rollout_unroll)
+
+
+def surrogate_scale(traj: Trajectory, normalize: str) -> jax.Array:
+    """``c``: ``E / sum_{e,t} mask`` for ``normalize="step"``, ``1`` for ``"episode"``: ``[]``."""
+    if normalize == "step":
+        return traj.num_episodes / jnp.maximum(jnp.sum(traj.mask), 1.0)
+    return jnp.ones((), traj.reward.dtype)
 
 
 def pg_advantages(traj: Trajectory, gamma: float, baseline: str, standardize: bool) -> jax.Array:
@@ -136,16 +162,20 @@ class PolicyGradientLearner:
         """``log pi_params(a_t | s_t)`` for the batch: ``[E, T]``."""
         return self.policy.log_prob(params, traj.obs, traj.action)
 
-    def _scale(self, traj: Trajectory) -> jax.Array:
-        """Surrogates average over episodes; ``"step"`` normalisation further divides by steps per episode."""
-        if self.config.normalize == "step":
-            return traj.num_episodes / jnp.maximum(jnp.sum(traj.mask), 1.0)
-        return jnp.ones((), traj.reward.dtype)
+    def surrogate_scale(self, traj: Trajectory) -> jax.Array:
+        """The factor ``c`` this learner multiplies its surrogates by: ``[]``.
+
+        The surrogates (``losses.policy_gradient_surrogate``) average over episodes;
+        ``c = E / sum(mask)`` for ``normalize="step"`` (a mean over valid steps), ``1`` for
+        ``"episode"``. A custom inner loss multiplies by it to keep the learner's step
+        length, i.e. to stay on the scale ``inner_lr`` is tuned for (``docs/losses.md``).
+        """
+        return surrogate_scale(traj, self.config.normalize)
 
     def inner_loss_of_log_probs(self, logp: jax.Array, traj: Trajectory, estimator: str = "dice") -> jax.Array:
         """The inner loss as a function of ``logp = log pi(a|s)`` of the batch ``[E, T]``: ``[]``."""
         surrogate = losses.lvc_surrogate if estimator == "lvc" else losses.policy_gradient_surrogate
-        return -surrogate(logp, self.advantages(traj), traj.mask) * self._scale(traj)
+        return -surrogate(logp, self.advantages(traj), traj.mask) * self.surrogate_scale(traj)
 
     def inner_loss(self, params, traj: Trajectory, estimator: str = "dice") -> jax.Array:
         """Minus the plain surrogate (``"lvc"``: minus the LVC surrogate)."""
@@ -171,7 +201,7 @@ class PolicyGradientLearner:
 
     def outer_loss(self, params, traj: Trajectory) -> jax.Array:
         logp = self.log_probs(params, traj)
-        return -losses.policy_gradient_surrogate(logp, self.advantages(traj), traj.mask) * self._scale(traj)
+        return -losses.policy_gradient_surrogate(logp, self.advantages(traj), traj.mask) * self.surrogate_scale(traj)
 
     def objective_estimate(self, traj: Trajectory) -> jax.Array:
         """Mean discounted return, on the scale of :meth:`outer_loss`'s gradient.
@@ -183,7 +213,7 @@ class PolicyGradientLearner:
         the meta-gradient would be weighed inconsistently.
         """
         cfg = self.config
-        value = jnp.mean(traj.episode_returns(cfg.gamma)) * self._scale(traj)
+        value = jnp.mean(traj.episode_returns(cfg.gamma)) * self.surrogate_scale(traj)
         if cfg.standardize_advantages:
             raw = pg_advantages(traj, cfg.gamma, cfg.baseline, standardize=False)
             mean = losses.masked_mean(raw, traj.mask)
@@ -201,20 +231,41 @@ class CustomLossLearner:
 
     ``inner(base, params, data, estimator) -> scalar`` and ``outer(base, params, data) -> scalar``
     receive the wrapped learner ``base`` so they can reuse its pieces (``base.log_probs``,
-    ``base.advantages``, ``base.policy``...). Everything else (data collection, the DiCE score
-    term, metrics) is the base learner's. MAML differentiates through the new inner loss to any
-    order like through the built-in ones. See ``docs/losses.md``.
+    ``base.advantages``, ``base.surrogate_scale``, ``base.policy``...). Everything else (data
+    collection, the DiCE score term, metrics) is the base learner's. MAML differentiates through
+    the new inner loss to any order like through the built-in ones. See ``docs/losses.md``.
+
+    ``estimators``: the estimators the new inner loss implements. Default: those that step along
+    the plain loss (``PLAIN_LOSS_ESTIMATORS``: ``"dice"``, ``"naive"``, ``"first_order"``); add
+    ``"lvc"`` only if ``inner`` switches to an LVC-style surrogate when ``estimator == "lvc"``.
+    Asking :func:`metarl_jax.maml.adapt` for another one is a ``ValueError``, never a silent
+    change of estimator. Without ``inner`` the base learner's estimators apply.
     """
 
     base: object
     inner: object = None
     outer: object = None
+    estimators: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if self.estimators is not None:
+            bad = [e for e in self.estimators if e not in ESTIMATORS]
+            _require(not bad and len(self.estimators) > 0, "estimators", self.estimators,
+                     f"a non-empty tuple of {ESTIMATORS}")
 
     def __getattr__(self, name):
         if name in ("inner_grad", "inner_grad_and_log_prob") and self.inner is not None:
             # A base learner's hand-written inner gradient does not know the new loss.
             raise AttributeError(name)
         return getattr(self.base, name)
+
+    @property
+    def supported_estimators(self) -> tuple[str, ...]:
+        if self.estimators is not None:
+            return tuple(self.estimators)
+        if self.inner is None:
+            return tuple(getattr(self.base, "supported_estimators", ESTIMATORS))
+        return PLAIN_LOSS_ESTIMATORS
 
     def inner_loss(self, params, data, estimator: str = "dice"):
         if self.inner is None:

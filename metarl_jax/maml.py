@@ -43,7 +43,7 @@ import numpy as np
 import optax
 
 from metarl_jax import losses
-from metarl_jax.learners import ESTIMATORS, _require
+from metarl_jax.learners import ESTIMATORS, _require, check_estimator
 from metarl_jax.tasks.base import num_tasks_in
 
 SCORE_BASELINES = ("none", "leave_one_out")
@@ -113,11 +113,14 @@ class AdaptInfo(NamedTuple):
     ``log_prob_sum``: ``sum_k log p(tau_k; phi_k)`` (differentiable, the DiCE score term).
     ``inner_returns``: ``[K]`` mean undiscounted return of each inner batch, i.e. of ``phi_0..phi_{K-1}``.
     ``inner_losses``: ``[K]`` inner loss values.
+    ``path``: with ``adapt(..., keep_path=True)``, ``phi_0..phi_{K-1}`` stacked on a leading ``[K]``
+    axis (the parameters each inner batch was collected with), else ``None``.
     """
 
     log_prob_sum: jax.Array
     inner_returns: jax.Array
     inner_losses: jax.Array
+    path: Any = None
 
 
 def init_meta_params(key: jax.Array, learner, config: MAMLConfig) -> dict:
@@ -143,13 +146,16 @@ def adapt(
     task,
     key: jax.Array,
     inner_optimizer: optax.GradientTransformation | None = None,
+    keep_path: bool = False,
 ):
     """``K`` differentiable inner steps from ``theta`` on one task.
 
     Returns ``(phi_K, AdaptInfo)``. With ``inner_optimizer`` (any optax
     transformation, e.g. ``optax.adam(1e-2)``) the update is
     ``phi <- phi + updates`` from that optimizer instead of SGD with ``inner_lr``.
-    Gradients flow through the update unless ``config.first_order``.
+    Gradients flow through the update unless ``config.first_order``. ``keep_path`` also
+    returns ``phi_0..phi_{K-1}`` (``AdaptInfo.path``), e.g. to choose among them
+    (:mod:`metarl_jax.policy_selection`).
 
     The inner gradient is ``jax.value_and_grad(learner.inner_loss)(phi, data, estimator)``;
     with ``"dice"``, ``learner.inner_grad_and_log_prob`` when the learner defines it
@@ -161,6 +167,7 @@ def adapt(
     update with respect to ``theta`` still flows through them
     (:mod:`metarl_jax.actor_critic`).
     """
+    check_estimator(learner, config.estimator)
     theta = meta_params["policy"]
     lr = meta_params.get("inner_lr", config.inner_lr)
     opt_state = inner_optimizer.init(theta) if inner_optimizer is not None else None
@@ -187,15 +194,15 @@ def adapt(
             if step_log_prob is None:
                 step_log_prob = learner.log_prob_of_data(phi, data)
             log_prob_sum = log_prob_sum + step_log_prob
-        return (new_phi, opt_state, log_prob_sum), (learner.mean_return(data), loss)
+        return (new_phi, opt_state, log_prob_sum), (learner.mean_return(data), loss, phi if keep_path else None)
 
     if config.remat:
         inner_step = jax.checkpoint(inner_step)
     keys = jax.random.split(key, config.inner_steps)
-    (phi, _, log_prob_sum), (returns, inner_losses) = jax.lax.scan(
+    (phi, _, log_prob_sum), (returns, inner_losses, path) = jax.lax.scan(
         inner_step, (theta, opt_state, jnp.zeros((), jax.tree.leaves(theta)[0].dtype)), keys
     )
-    return phi, AdaptInfo(log_prob_sum, returns, inner_losses)
+    return phi, AdaptInfo(log_prob_sum, returns, inner_losses, path)
 
 
 def task_meta_objective(learner, config, meta_params, task, key, inner_optimizer=None):

@@ -29,8 +29,11 @@ def plot_learning_curve(history: list[dict], path: str, title: str = "meta-train
 
 
 def plot_adaptation_curves(curves: dict[str, dict], path: str, optimum: float | None = None,
-                           title: str = "adaptation on held-out tasks") -> None:
-    """Return after k inner steps (mean and 95% CI) for each initialisation, with the exact optimum."""
+                           title: str = "adaptation on held-out tasks", trained_steps: int | None = None) -> None:
+    """Return after k inner steps (mean and 95% CI) for each initialisation, with the exact optimum.
+
+    ``trained_steps``: the K the meta-objective was trained with, drawn as a vertical line.
+    """
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, summary in curves.items():
         mean, ci = np.asarray(summary["mean"]), np.asarray(summary["ci95"])
@@ -39,6 +42,8 @@ def plot_adaptation_curves(curves: dict[str, dict], path: str, optimum: float | 
         ax.fill_between(ks, mean - ci, mean + ci, alpha=0.2)
     if optimum is not None:
         ax.axhline(optimum, color="k", linestyle="--", label="exact optimum")
+    if trained_steps is not None:
+        ax.axvline(trained_steps, color="grey", linestyle=":", label=f"trained K={trained_steps}")
     ax.set_xlabel("inner steps k")
     ax.set_ylabel("mean episode return")
     ax.set_title(title)
@@ -49,21 +54,24 @@ def plot_adaptation_curves(curves: dict[str, dict], path: str, optimum: float | 
 
 
 def plot_navigation_paths(goals: np.ndarray, pre_paths: np.ndarray, post_paths: np.ndarray, path: str,
-                          goal_range: float = 0.5) -> None:
+                          goal_range: float = 0.5, num_steps: int | None = None) -> None:
     """Paths ``[N, T, 2]`` of the mean action before and after adaptation, one panel per task."""
+    after = "after adaptation" if num_steps is None else f"after {num_steps} inner steps"
     n = goals.shape[0]
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False)
     for i, ax in enumerate(axes[0]):
-        for paths, label, style in [(pre_paths, "before", "--"), (post_paths, "after", "-")]:
+        for paths, label, style in [(pre_paths, "before adaptation", "--"), (post_paths, after, "-")]:
             xy = np.concatenate([np.zeros((1, 2)), paths[i]], axis=0)
-            ax.plot(xy[:, 0], xy[:, 1], style, label=f"{label} adaptation")
+            ax.plot(xy[:, 0], xy[:, 1], style, label=label)
         ax.scatter([goals[i, 0]], [goals[i, 1]], marker="*", s=150, color="red", label="goal", zorder=3)
         ax.scatter([0], [0], marker="o", color="k", s=20, zorder=3)
         lim = 1.6 * goal_range
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
-        ax.set_title(f"task {i}")
+        ax.set_xlabel("x position")
+        ax.set_ylabel("y position")
+        ax.set_title(f"held-out task {i}: goal ({goals[i, 0]:.2f}, {goals[i, 1]:.2f})", fontsize=8)
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

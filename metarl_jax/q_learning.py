@@ -108,7 +108,7 @@ import optax
 from flax import struct
 
 from metarl_jax import losses
-from metarl_jax.learners import _require, _require_unroll
+from metarl_jax.learners import PLAIN_LOSS_ESTIMATORS, _require, _require_unroll
 from metarl_jax.networks import ACTIVATIONS, MLP
 from metarl_jax.rollout import Trajectory, rollout
 
@@ -397,6 +397,9 @@ class QLearner:
     env: object
     q_network: object
     config: QConfig = QConfig()
+
+    #: The TD inner step has no LVC form: ``"lvc"`` would silently be ``"naive"``, so it is refused.
+    supported_estimators = PLAIN_LOSS_ESTIMATORS
 
     # ---- policies
     @property

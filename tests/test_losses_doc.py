@@ -11,13 +11,48 @@ import numpy as np
 from metarl_jax.maml import make_meta_loss
 
 
-def _example_namespace():
+def _blocks():
     text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "losses.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks, "docs/losses.md has no python example"
+    assert len(blocks) == 2, "docs/losses.md should have the recipe and its experiment block"
+    return blocks
+
+
+def _example_namespace(num_blocks: int = 1):
     namespace: dict = {}
-    exec(compile(blocks[0], "docs/losses.md", "exec"), namespace)
+    for block in _blocks()[:num_blocks]:
+        exec(compile(block, "docs/losses.md", "exec"), namespace)
     return namespace
+
+
+def test_recipe_adapts_inside_the_navigation_experiment():
+    """The recipe, wrapped around the navigation experiment's learner, improves over its K=3 inner steps.
+
+    From a random initialisation (what meta-training starts from) on 10 held-out goals: measured
+    k = 0..3 mean returns about -89, -83, -76, -66 (the built-in loss gives the same); the loss without
+    ``surrogate_scale`` (a sum over the 100-step episode) makes 100x longer steps and ends near -600.
+    """
+    from metarl_jax import evaluation
+    from metarl_jax.tasks import sample_tasks
+
+    import dataclasses
+
+    ns = _example_namespace(num_blocks=2)
+    learner, maml_config = ns["nav_learner"], ns["maml_config"]
+    assert maml_config.inner_steps == 3 and maml_config.estimator == "dice"
+    tasks = sample_tasks(ns["family"], jax.random.PRNGKey(11), 10)
+    meta_params = {"policy": learner.init(jax.random.PRNGKey(0))}
+    # The experiment's default estimator, lvc, is not implemented by the recipe: a clear error.
+    lvc = dataclasses.replace(maml_config, estimator="lvc")
+    try:
+        make_meta_loss(learner, lvc)(meta_params, tasks, jax.random.PRNGKey(1))
+    except ValueError as err:
+        assert "estimator='lvc'" in str(err) and "dice" in str(err)
+    else:
+        raise AssertionError("estimator='lvc' with a loss that ignores it must be refused")
+    curve = np.asarray(jax.jit(lambda mp: evaluation.adaptation_returns(
+        learner, maml_config, mp, tasks, jax.random.PRNGKey(2), maml_config.inner_steps))(meta_params)).mean(0)
+    assert np.all(np.diff(curve) > 0.0) and curve[-1] > curve[0] + 10.0, curve
 
 
 def test_custom_loss_example_second_order_matches_finite_differences():

@@ -17,6 +17,9 @@ def test_readme_example_runs():
 
     assert jax.tree.structure(grads) == jax.tree.structure(meta_params)
     assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
-    assert float(namespace["loss"]) == float(namespace["loss"])  # finite scalar
+    assert np.isfinite(float(namespace["loss"]))
     assert metrics["returns_per_step"].shape == (2,)
-    assert np.isfinite(float(metrics["post_adaptation_return"]))
+    # The block adapts: one inner step from the initialisation improves the mean return over its
+    # 20 goals x 20 episodes. Measured -90.1 -> -85.0 (seed fixed in the block); margin 2.0.
+    pre, post = float(metrics["pre_adaptation_return"]), float(metrics["post_adaptation_return"])
+    assert post > pre + 2.0, (pre, post)

@@ -567,3 +567,7 @@ class ActorCriticLearner:
 
     def mean_return(self, traj: Trajectory) -> jax.Array:
         return jnp.mean(traj.episode_returns(1.0))
+
+    def policy_entropy(self, params, traj: Trajectory) -> jax.Array:
+        """Mean entropy of the actor over the valid states of ``traj``: ``[]`` (differentiable)."""
+        return losses.entropy_bonus(self.model.entropy(params, traj.obs), traj.mask)

@@ -64,6 +64,8 @@ class MAMLExperimentConfig:
     inner_steps: int = 3
     """inner steps K the meta-objective differentiates through (the adaptation it trains for)"""
     learn_inner_lr: bool = False
+    init_entropy_coef: float = 0.0
+    """entropy bonus on the meta-learned initial policy (keeps a softmax from saturating; 0: plain MAML)"""
     estimator: str = "dice"
     outer_lr: float = 3e-3
     max_grad_norm: float | None = 10.0
@@ -172,7 +174,8 @@ class MAMLExperimentConfig:
 
     def maml_config(self) -> MAMLConfig:
         return MAMLConfig(inner_steps=self.inner_steps, inner_lr=self.resolved_inner_lr, learn_inner_lr=self.learn_inner_lr,
-                          estimator=self.estimator, task_chunk=self.resolved_task_chunk())
+                          estimator=self.estimator, task_chunk=self.resolved_task_chunk(),
+                          init_entropy_coef=self.init_entropy_coef)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(num_iterations=self.num_iterations, meta_batch=self.meta_batch, outer_lr=self.outer_lr,

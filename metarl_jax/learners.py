@@ -19,6 +19,8 @@ functions that :mod:`metarl_jax.maml` composes into ``adapt`` and the meta-loss:
   post-adaptation objective whose gradient the outer loss estimates (the mean
   discounted return for policy-gradient learners); weighs the DiCE score term.
 * ``mean_return(data) -> scalar``: mean undiscounted episode return, for metrics.
+* optional ``policy_entropy(params, data) -> scalar``: mean policy entropy over the data's
+  states, for ``MAMLConfig.init_entropy_coef``.
 * optional ``supported_estimators``: the estimators whose inner step this learner's
   ``inner_loss`` implements (default: all of ``ESTIMATORS``). ``"lvc"`` needs an inner
   loss that switches to the LVC surrogate when asked; a learner whose loss ignores
@@ -223,6 +225,10 @@ class PolicyGradientLearner:
 
     def mean_return(self, traj: Trajectory) -> jax.Array:
         return jnp.mean(traj.episode_returns(1.0))
+
+    def policy_entropy(self, params, traj: Trajectory) -> jax.Array:
+        """Mean entropy of ``pi_params(.|s)`` over the valid states of ``traj``: ``[]`` (differentiable)."""
+        return losses.entropy_bonus(self.policy.entropy(params, traj.obs), traj.mask)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -80,6 +80,12 @@ class MAMLConfig:
         included (:func:`accumulated_meta_gradient` assembles it from per-chunk sums);
         it is a first derivative to hand to an optimizer, not a function to
         differentiate again (use :func:`meta_loss` for that).
+      init_entropy_coef: ``beta >= 0``: the meta-loss adds ``-beta H(pi_theta)``, the mean entropy
+        of the *meta-learned initial* policy on the outer batch's states (the learner's
+        ``policy_entropy``). The meta-objective only scores the adapted policy, so nothing
+        else stops ``theta`` from drifting into a saturated softmax, where every inner
+        gradient vanishes and adaptation stops for good (``docs/benchmarks.md``, "Training
+        that does not decay"); a small ``beta`` keeps it adaptable. ``0``: plain MAML.
     """
 
     inner_steps: int = 1
@@ -90,6 +96,7 @@ class MAMLConfig:
     task_chunk: int | None = None
     remat: bool = False
     accumulate_chunks: bool = False
+    init_entropy_coef: float = 0.0
 
     def __post_init__(self):
         _require(int(self.inner_steps) >= 1, "inner_steps", self.inner_steps, "must be an integer >= 1")
@@ -99,6 +106,9 @@ class MAMLConfig:
                  "must be None or an integer >= 1")
         _require(self.score_baseline in SCORE_BASELINES, "score_baseline", self.score_baseline,
                  f"allowed values are {SCORE_BASELINES}")
+        _require(isinstance(self.init_entropy_coef, (int, float)) and not isinstance(self.init_entropy_coef, bool)
+                 and np.isfinite(self.init_entropy_coef) and self.init_entropy_coef >= 0.0,
+                 "init_entropy_coef", self.init_entropy_coef, "must be a finite number >= 0")
         _require(not self.accumulate_chunks or self.task_chunk is not None, "accumulate_chunks",
                  self.accumulate_chunks, "needs task_chunk (the number of tasks differentiated at once)")
 
@@ -215,12 +225,21 @@ def task_meta_objective(learner, config, meta_params, task, key, inner_optimizer
     data = learner.collect_outer(key_outer, phi, task)
     outer_loss = learner.outer_loss(phi, data)
     post_return = learner.mean_return(data)
+    extra = {}
+    if config.init_entropy_coef > 0.0:
+        if not hasattr(learner, "policy_entropy"):
+            raise ValueError(f"init_entropy_coef={config.init_entropy_coef!r} is invalid for "
+                             f"{type(learner).__name__}: it has no policy_entropy(params, data)")
+        entropy = learner.policy_entropy(meta_params["policy"], data)
+        outer_loss = outer_loss - config.init_entropy_coef * entropy
+        extra["init_policy_entropy"] = entropy
     metrics = {
         "pre_adaptation_return": info.inner_returns[0],
         "post_adaptation_return": post_return,
         "returns_per_step": jnp.concatenate([info.inner_returns, post_return[None]]),
         "inner_loss": info.inner_losses[0],
         "outer_loss": outer_loss,
+        **extra,
     }
     return outer_loss, info.log_prob_sum, learner.objective_estimate(data), metrics
 

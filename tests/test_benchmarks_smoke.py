@@ -46,6 +46,10 @@ def test_benchmark_adaptation_end_to_end(tmp_path):
     assert timing["tasks"] == 3 and timing["median_s"] > 0
     assert _is_png(out / "adaptation_bandit_pg.png")
     assert "| bandit:pg | multi-task pretrained |" in (out / "benchmark_adaptation.md").read_text()
+    # Headroom: the multi-task policy without adaptation is the reference, so its k=0 fraction is exactly 0.
+    headroom = pair["headroom"]["multitask"]
+    assert headroom["fraction"][0] == pytest.approx(0.0, abs=1e-9) and headroom["headroom"] > 0
+    assert "Fraction of the headroom closed" in (out / "benchmark_adaptation.md").read_text()
 
     # A rerun loading the checkpoints reproduces the curves without training.
     again = benchmark_adaptation.main([
@@ -118,3 +122,17 @@ def test_multitask_pretraining_learns_the_shared_structure():
         value(meta_params), random_value, best_fixed)
     # The training batches' measured return rose with it.
     assert np.mean([h["return"] for h in history[-5:]]) > np.mean([h["return"] for h in history[:5]]) + 0.5
+
+
+def test_headroom_closed_matches_hand_computed_fractions():
+    from metarl_jax.evaluation import headroom_closed
+
+    adapted = np.array([[0.0, 1.0, 3.0], [2.0, 3.0, 5.0]])   # mean per k: 1, 2, 4
+    reference = np.array([0.0, 2.0])                           # mean 1
+    optimum = np.array([2.0, 4.0])                             # mean 3: headroom 2
+    out = headroom_closed(adapted, reference, optimum, num_bootstrap=200)
+    assert out["headroom"] == pytest.approx(2.0)
+    np.testing.assert_allclose(out["fraction"], [0.0, 0.5, 1.5])
+    assert all(lo <= f + 1e-12 and f <= hi + 1e-12 for lo, f, hi in zip(out["ci_low"], out["fraction"], out["ci_high"]))
+    with pytest.raises(ValueError, match="shape"):
+        headroom_closed(adapted, reference[:1], optimum)

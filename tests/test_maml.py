@@ -231,3 +231,52 @@ def test_accumulated_chunks_use_one_chunks_memory():
 def test_accumulate_chunks_needs_task_chunk():
     with pytest.raises(ValueError, match="accumulate_chunks=True is invalid: needs task_chunk"):
         MAMLConfig(accumulate_chunks=True)
+
+
+def test_init_entropy_bonus_is_minus_beta_times_the_initial_policys_entropy_on_the_outer_states():
+    """``init_entropy_coef=beta``: meta-loss and gradient shift by ``-beta H(pi_theta)``, computed independently.
+
+    ``H`` is recomputed here from the categorical probabilities in numpy on the outer batch's
+    observations (same keys as :func:`meta_loss`), and its gradient by finite differences.
+    """
+    from metarl_jax.maml import task_meta_objective
+
+    beta = 0.3
+    plain = MAMLConfig(inner_steps=2, inner_lr=0.5, estimator="dice")
+    regularised = MAMLConfig(inner_steps=2, inner_lr=0.5, estimator="dice", init_entropy_coef=beta)
+    with jax.enable_x64(True):
+        meta_params = _float64_init(3, plain)
+        tasks = sample_tasks(ENV, jax.random.PRNGKey(1), 3)
+        key = jax.random.PRNGKey(4)
+        flat, unravel = jax.flatten_util.ravel_pytree(meta_params)
+        loss = lambda cfg: jax.jit(lambda x: make_meta_loss(LEARNER, cfg)(unravel(x), tasks, key)[0])
+        keys = jax.random.split(key, 3)
+
+        def entropy(x):  # mean over tasks of H(pi_theta) on the outer states, in numpy
+            total = 0.0
+            for i in range(3):
+                task = jax.tree.map(lambda t: t[i], tasks)
+                k_inner, k_outer = jax.random.split(keys[i])
+                phi, _ = adapt(LEARNER, plain, unravel(x), task, k_inner)
+                traj = LEARNER.collect_outer(k_outer, phi, task)
+                logits = np.asarray(POLICY.logits(unravel(x)["policy"], traj.obs), np.float64)
+                p = np.exp(logits - logits.max(-1, keepdims=True))
+                p /= p.sum(-1, keepdims=True)
+                h = -np.sum(p * np.log(p), -1)
+                mask = np.asarray(traj.mask)
+                total += np.sum(h * mask) / mask.sum()
+            return total / 3
+
+        h = entropy(flat)
+        np.testing.assert_allclose(float(loss(regularised)(flat)), float(loss(plain)(flat)) - beta * h, rtol=1e-10)
+        direction = jax.random.normal(jax.random.PRNGKey(8), flat.shape, jnp.float64)
+        eps = 1e-5
+        dh = (entropy(flat + eps * direction) - entropy(flat - eps * direction)) / (2 * eps)
+        g_reg = jax.jit(jax.grad(lambda x: make_meta_loss(LEARNER, regularised)(unravel(x), tasks, key)[0]))(flat)
+        g_plain = jax.jit(jax.grad(lambda x: make_meta_loss(LEARNER, plain)(unravel(x), tasks, key)[0]))(flat)
+        np.testing.assert_allclose(float(direction @ (g_reg - g_plain)), -beta * dh, rtol=1e-6, atol=1e-9)
+        _, _, _, metrics = task_meta_objective(LEARNER, regularised, unravel(flat), jax.tree.map(lambda t: t[0], tasks),
+                                               keys[0])
+        assert float(metrics["init_policy_entropy"]) > 0.0
+    with pytest.raises(ValueError, match="init_entropy_coef=-0.1"):
+        MAMLConfig(init_entropy_coef=-0.1)

@@ -143,6 +143,32 @@ def test_experiment_task_chunk_auto_resolves_per_meta_batch_and_platform():
             BanditConfig(task_chunk=bad)
 
 
+def test_experiment_defaults_evaluate_the_trained_steps_and_the_table_marks_them():
+    """eval_steps defaults to inner_steps (3); the table has one column per k and marks the trained K."""
+    from metarl_jax.experiment import DEFAULT_INNER_LR, MAMLExperimentConfig, result_table
+
+    config = MAMLExperimentConfig()
+    assert config.inner_steps == 3 and config.evaluated_steps == 3 and config.maml_config().inner_steps == 3
+    assert MAMLExperimentConfig(inner_steps=2, eval_steps=5).evaluated_steps == 5
+    assert config.maml_config().inner_lr == 0.1  # navigation
+    assert MAMLExperimentConfig(task="bandit").maml_config().inner_lr == DEFAULT_INNER_LR[("bandit", "pg")]
+    assert MAMLExperimentConfig(task="bandit", inner_lr=0.5).maml_config().inner_lr == 0.5
+    for bad in (0, True, 2.5):
+        with pytest.raises(ValueError, match=f"eval_steps={bad!r} is invalid"):
+            MAMLExperimentConfig(eval_steps=bad)
+    with pytest.raises(ValueError, match="estimator='lvc' is invalid: the Q-learning inner step"):
+        MAMLExperimentConfig(task="maze", learner="q", estimator="lvc")
+    curve = {"mean": [-40.0, -25.0, -17.0, -12.5], "ci95": [2.0, 2.0, 1.5, 0.75]}
+    table = result_table({"curves": {"meta-learned": curve, "random init": curve}, "eval_tasks": 100,
+                          "trained_inner_steps": 3, "metric": "mean undiscounted episode return",
+                          "optimum": {"mean": -0.5, "ci95": 0.1}})
+    lines = table.splitlines()
+    assert "mean undiscounted episode return" in lines[0] and "100 tasks" in lines[0] and "K=3" in lines[0]
+    assert lines[1].split() == ["policy", "k=0", "(before)", "k=1", "k=2", "k=3", "(trained", "K)"]
+    assert lines[3].split()[-3:] == ["-12.50", "±", "0.75"]
+    assert lines[-1].startswith("exact optimum")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--task-chunk", "0"], "task_chunk=0 is invalid"),
     (["--inner-lr", "-1"], "inner_lr=-1.0 is invalid"),

@@ -124,6 +124,8 @@ class MetaRL:
             task_name = next((n for cls, n in _NAMES_BY_CLASS if type(family) is cls), task_name)
         else:
             raise ValueError(f"family_or_name={family_or_name!r} is invalid: give a TaskFamily, a name or None")
+        # train() runs open-ended (each call extends the run): a schedule over num_iterations has no end to aim at.
+        config_options.setdefault("lr_schedule", "constant")
         if "horizon" not in config_options and getattr(family, "horizon", None):
             config_options["horizon"] = int(family.horizon)
 

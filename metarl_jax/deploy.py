@@ -51,7 +51,7 @@ from flax import struct
 from gymnax.environments import spaces
 
 from metarl_jax import checkpoint as ckpt
-from metarl_jax.maml import MAMLConfig, init_train_state, sgd_inner_update
+from metarl_jax.maml import MAMLConfig, sgd_inner_update
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks.base import num_tasks_in
 
@@ -309,19 +309,19 @@ def load_run(path: str) -> LoadedRun:
     Raises ``FileNotFoundError`` / ``ValueError`` with a message naming what is wrong.
     """
     from metarl_jax.experiment import build
-    from metarl_jax.train import make_optimizer
+    from metarl_jax.maml import init_meta_params
 
     checkpoint_file, run_dir = _locate(os.fspath(path))
     config = experiment_config_from_json(os.path.join(run_dir, "config.json"))
     family, learner, maml_config, train_config = build(config)
-    target = init_train_state(jax.random.PRNGKey(train_config.seed), learner, maml_config,
-                              make_optimizer(train_config))
+    # Only the meta-parameters are read: the outer optimizer's state (its schedule included) is not needed.
+    target = init_meta_params(jax.random.PRNGKey(train_config.seed), learner, maml_config)
     try:
-        state, _ = ckpt.restore_checkpoint(checkpoint_file, target)
+        meta_params, _ = ckpt.restore_checkpoint(checkpoint_file, target, subtree=".meta_params")
     except ckpt.CheckpointCorruptError as err:
         raise ValueError(f"checkpoint={checkpoint_file!r} is unreadable: {err}") from None
     except ValueError as err:
         raise ValueError(
             f"checkpoint={checkpoint_file!r} does not fit the learner built from {run_dir}/config.json: {err}"
         ) from None
-    return LoadedRun(config, family, learner, maml_config, state.meta_params, checkpoint_file, run_dir)
+    return LoadedRun(config, family, learner, maml_config, meta_params, checkpoint_file, run_dir)

@@ -68,6 +68,8 @@ class MAMLExperimentConfig:
     """entropy bonus on the meta-learned initial policy (keeps a softmax from saturating; 0: plain MAML)"""
     estimator: str = "dice"
     outer_lr: float = 3e-3
+    lr_schedule: str = "cosine"
+    """outer step size over the run: 'cosine' (decays to 10% of outer_lr by num_iterations) or 'constant'"""
     max_grad_norm: float | None = 10.0
     hidden_sizes: tuple[int, ...] = (100, 100)
     tabular_policy: bool = False
@@ -181,7 +183,7 @@ class MAMLExperimentConfig:
         return TrainConfig(num_iterations=self.num_iterations, meta_batch=self.meta_batch, outer_lr=self.outer_lr,
                            seed=self.seed, iterations_per_call=self.iterations_per_call,
                            checkpoint_every=self.checkpoint_every, on_nonfinite=self.on_nonfinite,
-                           max_grad_norm=self.max_grad_norm)
+                           max_grad_norm=self.max_grad_norm, lr_schedule=self.lr_schedule)
 
 
 def _build_pg(config: MAMLExperimentConfig, family):

@@ -41,6 +41,7 @@ from metarl_jax.learners import _require
 from metarl_jax.maml import MAMLConfig, MetaTrainState, init_meta_params, init_train_state, make_meta_train_step
 
 NONFINITE_POLICIES = ("stop", "skip")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class NonFiniteGradientError(RuntimeError):
@@ -73,6 +74,12 @@ class TrainConfig:
       on_nonfinite: ``"stop"`` raises (keeping the last good checkpoint) or ``"skip"``
         leaves the parameters unchanged for that iteration.
       max_grad_norm: clip the meta-gradient's global norm (``None``: no clipping).
+      lr_schedule: ``"constant"`` or ``"cosine"``: the outer step size decays from ``outer_lr`` to
+        ``final_lr_fraction * outer_lr`` over ``num_iterations`` (``optax.cosine_decay_schedule``),
+        so the end of a run is not caught in one of the occasional large-gradient excursions of
+        the meta-objective (docs/benchmarks.md, "Training that does not decay"). The schedule's
+        step count is part of the optimizer state: a resumed run continues it.
+      final_lr_fraction: the cosine schedule's last step size as a fraction of ``outer_lr``.
     """
 
     num_iterations: int = 100
@@ -84,6 +91,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     on_nonfinite: str = "stop"
     max_grad_norm: float | None = None
+    lr_schedule: str = "constant"
+    final_lr_fraction: float = 0.1
 
     def __post_init__(self):
         _require(int(self.num_iterations) >= 1, "num_iterations", self.num_iterations, "must be an integer >= 1")
@@ -97,11 +106,22 @@ class TrainConfig:
                  f"allowed values are {NONFINITE_POLICIES}")
         _require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm,
                  "must be > 0 or None")
+        _require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule,
+                 f"allowed values are {LR_SCHEDULES}")
+        _require(0.0 <= self.final_lr_fraction <= 1.0, "final_lr_fraction", self.final_lr_fraction,
+                 "must be in [0, 1]")
+
+
+def outer_learning_rate(config: TrainConfig):
+    """``outer_lr``, or the cosine schedule ``step -> lr`` of ``config.lr_schedule="cosine"``."""
+    if config.lr_schedule == "cosine":
+        return optax.cosine_decay_schedule(config.outer_lr, int(config.num_iterations), config.final_lr_fraction)
+    return config.outer_lr
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Adam on the meta-parameters, with optional global-norm clipping."""
-    adam = optax.adam(config.outer_lr)
+    """Adam on the meta-parameters (step size :func:`outer_learning_rate`), with optional global-norm clipping."""
+    adam = optax.adam(outer_learning_rate(config))
     if config.max_grad_norm is None:
         return adam
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam)

@@ -53,11 +53,12 @@ SMALL_KWARGS = {
     "tabular_mdp": dict(num_states=3, num_actions=2, horizon=HORIZON),
     "navigation": dict(horizon=HORIZON),
     "cartpole": dict(horizon=HORIZON),
+    "cartpole_target": dict(horizon=HORIZON),
     "acrobot": dict(horizon=HORIZON),
     "pendulum": dict(horizon=HORIZON),
     "maze": dict(size=3, horizon=HORIZON),
 }
-GYMNAX_WRAPPED = ("cartpole", "acrobot", "pendulum")
+GYMNAX_WRAPPED = ("cartpole", "cartpole_target", "acrobot", "pendulum")
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -163,7 +164,7 @@ def as_numpy64(params):
 
 def test_registry_builds_every_family_and_rejects_unknown_names():
     assert set(FAMILY_NAMES) == {
-        "bandit", "tabular_mdp", "navigation", "cartpole", "acrobot", "pendulum", "maze",
+        "bandit", "tabular_mdp", "navigation", "cartpole", "cartpole_target", "acrobot", "pendulum", "maze",
     }
     for name in FAMILY_NAMES:
         family = make_family(name)
@@ -171,7 +172,7 @@ def test_registry_builds_every_family_and_rejects_unknown_names():
         assert isinstance(family.name, str) and family.name
     expected_types = {
         "bandit": BernoulliBandit, "tabular_mdp": TabularMDP, "navigation": Navigation2D,
-        "cartpole": RandomizedParams, "acrobot": RandomizedParams, "pendulum": RandomizedParams,
+        "cartpole": RandomizedParams, "cartpole_target": RandomizedParams, "acrobot": RandomizedParams, "pendulum": RandomizedParams,
         "maze": GridMaze,
     }
     for name, cls in expected_types.items():
@@ -593,6 +594,11 @@ def test_wrapped_params_change_the_dynamics(families, name):
     np.testing.assert_array_equal(obs0[0], obs0[1])  # same reset key, same initial state
     np.testing.assert_array_equal(traj["action"][0], traj["action"][1])  # same action sequence
     first_episode = np.asarray(traj["final_obs"][:2, :HORIZON])
+    if name == "cartpole_target":  # the task moves the rewarded position, not the dynamics
+        np.testing.assert_array_equal(first_episode[0], first_episode[1])
+        rewards = np.asarray(traj["reward"][:2, :HORIZON])
+        assert np.abs(rewards[0] - rewards[1]).max() > 1e-4
+        return
     assert np.abs(first_episode[0] - first_episode[1]).max() > 1e-4
 
 
@@ -605,14 +611,17 @@ def test_wrapped_task_persists_across_auto_resets(families, name):
     traj = jax.tree.map(lambda x: x[0, HORIZON : 2 * HORIZON], run["traj"])  # second episode
     assert bool(run["traj"]["truncated"][0, HORIZON - 1])
 
+    # cartpole_target's task is in the reward (output 2 of step_env), the others' in the dynamics.
+    out, recorded = (2, "reward") if name == "cartpole_target" else (0, "final_obs")
+
     @jax.jit
     def replay(params):
         step_keys = jax.vmap(lambda k: jax.random.split(k)[0])(traj["key"])  # as env.step does
-        return jax.vmap(lambda k, s, a: family.step_env(k, s, a, params)[0])(
+        return jax.vmap(lambda k, s, a: family.step_env(k, s, a, params)[out])(
             step_keys, traj["state"], traj["action"]
         )
 
-    final_obs = np.asarray(traj["final_obs"])
+    final_obs = np.asarray(traj[recorded])
     np.testing.assert_allclose(replay(task), final_obs, rtol=1e-6, atol=1e-6)
     assert np.abs(np.asarray(replay(other)) - final_obs).max() > 1e-4
     defaults = family.default_params
@@ -757,3 +766,39 @@ def test_bad_constructor_arguments_name_the_field(name, kwargs, field):
     message = str(err.value)
     assert message.startswith(f"{field}="), message
     assert "invalid" in message and "must" in message
+
+
+# ----------------------------------------------------------------------------- CartPole with a target
+
+
+def test_cartpole_target_is_gymnax_cartpole_with_a_reward_bump_at_the_target():
+    """Same dynamics, observations and termination as gymnax CartPole-v1 step by step; the reward is
+    gymnax's times exp(-(x' - x*)^2 / (2 w^2)), recomputed here in numpy."""
+    from gymnax.environments.classic_control import cartpole as gx_cartpole
+
+    from metarl_jax.tasks import cartpole_target_family
+
+    family = cartpole_target_family(horizon=50)
+    task = family.sample_params(jax.random.PRNGKey(3))
+    assert -1.0 <= float(task.target_x) <= 1.0 and float(task.length) == pytest.approx(0.5)
+    reference = gx_cartpole.CartPole()
+    ref_params = reference.default_params.replace(max_steps_in_episode=50)
+    _, state = family.reset_env(jax.random.PRNGKey(4), task)
+    _, ref_state = reference.reset_env(jax.random.PRNGKey(4), ref_params)
+    actions = np.asarray(jax.random.bernoulli(jax.random.PRNGKey(5), 0.5, (40,)), np.int32)
+    for t, a in enumerate(actions):
+        obs, state, reward, done, _ = family.step_env(jax.random.PRNGKey(t), state, a, task)
+        ref_obs, ref_state, ref_reward, ref_done, _ = reference.step_env(jax.random.PRNGKey(t), ref_state, a,
+                                                                         ref_params)
+        np.testing.assert_allclose(np.asarray(obs), np.asarray(ref_obs), rtol=1e-5, atol=1e-6)
+        assert bool(done) == bool(ref_done)
+        x_next = float(np.asarray(ref_obs)[0])
+        expected = float(ref_reward) * np.exp(-0.5 * ((x_next - float(task.target_x)) / 0.25) ** 2)
+        assert float(reward) == pytest.approx(expected, rel=1e-5, abs=1e-7), t
+    tasks = sample_tasks(family, jax.random.PRNGKey(6), 256)
+    targets = np.asarray(tasks.target_x)
+    assert targets.min() < -0.8 and targets.max() > 0.8 and np.all(np.abs(targets) <= 1.0)
+    physics = cartpole_target_family(physics=True).sample_params(jax.random.PRNGKey(7))
+    assert float(physics.length) != pytest.approx(0.5)
+    with pytest.raises(ValueError, match="target_range=3.0 is invalid"):
+        cartpole_target_family(target_range=3.0)

@@ -18,6 +18,7 @@ from metarl_jax.tasks.gymnax_families import (
     acrobot_family,
     cartpole_derived,
     cartpole_family,
+    cartpole_target_family,
     pendulum_family,
 )
 from metarl_jax.tasks.maze import (
@@ -44,6 +45,7 @@ _REGISTRY: dict[str, Callable[..., TaskFamily]] = {
     "tabular_mdp": TabularMDP,
     "navigation": Navigation2D,
     "cartpole": cartpole_family,
+    "cartpole_target": cartpole_target_family,
     "acrobot": acrobot_family,
     "pendulum": pendulum_family,
     "maze": GridMaze,
@@ -58,7 +60,8 @@ def make_family(name: str, **kwargs) -> TaskFamily:
 
     Names: ``bandit`` (:class:`BernoulliBandit`), ``tabular_mdp`` (:class:`TabularMDP`),
     ``navigation`` (:class:`Navigation2D`), ``cartpole`` / ``acrobot`` / ``pendulum``
-    (:func:`cartpole_family` etc., kwarg ``horizon``), ``maze`` (:class:`GridMaze`).
+    (:func:`cartpole_family` etc., kwarg ``horizon``), ``cartpole_target``
+    (:func:`cartpole_target_family`: the cart position to balance at), ``maze`` (:class:`GridMaze`).
     """
     if name not in _REGISTRY:
         raise ValueError(f"name={name!r} is invalid: must be one of {list(FAMILY_NAMES)}")
@@ -88,6 +91,7 @@ __all__ = [
     "acrobot_family",
     "cartpole_derived",
     "cartpole_family",
+    "cartpole_target_family",
     "discounted_policy_q",
     "discounted_q_value_iteration",
     "finite_horizon_value_iteration",

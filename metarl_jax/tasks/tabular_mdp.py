@@ -220,7 +220,11 @@ def greedy_policy(q: jax.Array) -> jax.Array:
 
 
 class TabularMDP(TaskFamily):
-    """Random tabular MDPs with Dirichlet transitions and Gaussian mean rewards (RL^2)."""
+    """Random tabular MDPs with Dirichlet transitions and Gaussian mean rewards (RL^2).
+
+    Headroom (10 states, 5 actions, ``H=10``, 100 held-out tasks): finite-horizon value iteration
+    gets 22.07, the best single (multi-task) policy about 9.9 (``docs/benchmarks.md``).
+    """
 
     has_optimum = True
 

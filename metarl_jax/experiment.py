@@ -36,6 +36,7 @@ from metarl_jax.train import TrainConfig, meta_train
 #: other pair: 0.1. Measured in ``docs/benchmarks.md`` ("Inner step sizes").
 DEFAULT_INNER_LR: dict[tuple[str, str], float] = {
     ("bandit", "pg"): 3.0,
+    ("cartpole_target", "pg"): 1.0,
 }
 
 

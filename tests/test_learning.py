@@ -35,7 +35,7 @@ def _post_adaptation_gain(config):
 
 
 def test_short_meta_training_beats_random_initialisation():
-    gain, stderr, learned, random, optimum, _ = _post_adaptation_gain(TabularMDPConfig(num_iterations=40, meta_batch=20))
+    gain, stderr, learned, random, optimum, _ = _post_adaptation_gain(TabularMDPConfig(num_iterations=100, meta_batch=20))
     # The gap closed towards the optimum must be substantial and far outside the noise.
     assert gain > 5 * stderr, (gain, stderr)
     assert gain > 0.15 * (optimum - random), (learned, random, optimum)

@@ -252,20 +252,21 @@ def test_init_entropy_bonus_is_minus_beta_times_the_initial_policys_entropy_on_t
         loss = lambda cfg: jax.jit(lambda x: make_meta_loss(LEARNER, cfg)(unravel(x), tasks, key)[0])
         keys = jax.random.split(key, 3)
 
-        def entropy(x):  # mean over tasks of H(pi_theta) on the outer states, in numpy
-            total = 0.0
-            for i in range(3):
-                task = jax.tree.map(lambda t: t[i], tasks)
-                k_inner, k_outer = jax.random.split(keys[i])
+        @jax.jit
+        def outer_logits_and_mask(x):  # the outer batch of every task, as meta_loss samples it
+            def one(task, task_key):
+                k_inner, k_outer = jax.random.split(task_key)
                 phi, _ = adapt(LEARNER, plain, unravel(x), task, k_inner)
                 traj = LEARNER.collect_outer(k_outer, phi, task)
-                logits = np.asarray(POLICY.logits(unravel(x)["policy"], traj.obs), np.float64)
-                p = np.exp(logits - logits.max(-1, keepdims=True))
-                p /= p.sum(-1, keepdims=True)
-                h = -np.sum(p * np.log(p), -1)
-                mask = np.asarray(traj.mask)
-                total += np.sum(h * mask) / mask.sum()
-            return total / 3
+                return POLICY.logits(unravel(x)["policy"], traj.obs), traj.mask
+            return jax.vmap(one)(tasks, keys)
+
+        def entropy(x):  # mean over tasks of H(pi_theta) on the outer states, in numpy
+            logits, mask = (np.asarray(a, np.float64) for a in outer_logits_and_mask(x))
+            p = np.exp(logits - logits.max(-1, keepdims=True))
+            p /= p.sum(-1, keepdims=True)
+            h = -np.sum(p * np.log(p), -1)
+            return float(np.mean(np.sum(h * mask, axis=(1, 2)) / mask.sum(axis=(1, 2))))
 
         h = entropy(flat)
         np.testing.assert_allclose(float(loss(regularised)(flat)), float(loss(plain)(flat)) - beta * h, rtol=1e-10)

@@ -89,7 +89,7 @@ def report(family, task, result) -> tuple[str, dict]:
     """A table per round and a JSON-ready dict of the result."""
     returns = np.asarray(result.returns)
     greedy = np.asarray(result.greedy_returns)
-    starts = np.asarray(result.best_round)
+    starts = np.asarray(result.update_from_round)
     header = ["round", "return", "mode-policy return", "next update from round"]
     rows = [[str(r), f"{returns[r]:.3f}", f"{greedy[r]:.3f}", str(int(starts[r]))] for r in range(len(returns))]
     payload = {"returns": returns.tolist(), "greedy_returns": greedy.tolist(), "update_from_round": starts.tolist(),

@@ -242,11 +242,11 @@ class MetaRL:
         steps = self.maml_config.inner_steps if steps is None else _positive_int("steps", steps, 1)
         task = self.sample_task() if task is None else task
         check_single_task(self.family, task)
+        if not isinstance(select, (bool, SelectionConfig)):
+            raise ValueError(f"select={select!r} is invalid: give True, False or a SelectionConfig")
         if select is not False:
-            selection = select if isinstance(select, SelectionConfig) else SelectionConfig()
-            if not isinstance(select, (bool, SelectionConfig)):
-                raise ValueError(f"select={select!r} is invalid: give True, False or a SelectionConfig")
-            selection = dataclasses.replace(selection, num_steps=steps)
+            base = select if isinstance(select, SelectionConfig) else SelectionConfig()
+            selection = dataclasses.replace(base, num_steps=steps)
             cache = ("select", selection)
             if cache not in self._compiled:
                 self._compiled[cache] = jax.jit(

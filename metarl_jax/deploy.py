@@ -69,8 +69,8 @@ class DeployResult:
         (discrete actions; bandits: pulls per arm), else ``None``.
       mean_action: ``[R, d]`` mean action of round ``r``'s batch (continuous actions), else ``None``.
       params: ``phi_R``, the parameters after the last round's update.
-      best_round: ``[R]`` int32, with ``keep_best`` the round whose parameters the next update
-        started from (else ``r``).
+      update_from_round: ``[R]`` int32, the round whose parameters the update after round ``r``
+        started from: ``r`` itself, or with ``keep_best`` the last accepted round.
       return_stderr: ``[R]`` standard error of round ``r``'s mean return (episode returns' std / sqrt(E)).
       extra_episodes: ``[]`` int32, episodes collected beyond the rounds' own batches (``keep_best``
         retakes a rejected step on a fresh batch of the best parameters).
@@ -83,7 +83,7 @@ class DeployResult:
     action_counts: jax.Array | None
     mean_action: jax.Array | None
     params: Any
-    best_round: jax.Array | None = None
+    update_from_round: jax.Array | None = None
     extra_episodes: jax.Array | None = None
     return_stderr: jax.Array | None = None
 
@@ -156,8 +156,10 @@ def deploy(
         ``maml_config.inner_lr``; a number (or traced scalar) ``>= 0`` overrides both;
         ``0`` is the no-update control (the meta-learned policy, unchanged).
       inner_optimizer: an optax transformation to use instead of SGD (as in ``adapt``).
-      keep_best: each update starts from the best parameters so far by round return (see the
-        module docstring); ``False`` updates the last round's parameters.
+      keep_best: reject a round clearly (2 standard errors) below the best accepted one and retake
+        its step from the last accepted parameters (module docstring). Under ``jit`` the retake's
+        rollout and gradient run every round (both branches of a select), about doubling the
+        per-round cost. ``False`` updates the last round's parameters.
 
     Returns:
       A :class:`DeployResult`.
@@ -235,7 +237,7 @@ def deploy(
     extra = best[4] if keep_best else jnp.zeros((), jnp.int32)
     return DeployResult(returns=returns, losses=losses, greedy_returns=greedy_returns, paths=paths,
                         action_counts=counts, mean_action=mean_action, params=phi,
-                        best_round=starts.astype(jnp.int32), extra_episodes=extra, return_stderr=stderrs)
+                        update_from_round=starts.astype(jnp.int32), extra_episodes=extra, return_stderr=stderrs)
 
 
 def deploy_batch(learner, maml_config: MAMLConfig, meta_params: dict, tasks, key: jax.Array, num_rounds: int,

@@ -72,12 +72,11 @@ def headroom_closed(adapted: np.ndarray, reference: np.ndarray, optimum: np.ndar
     if reference.shape != (n,) or optimum.shape != (n,):
         raise ValueError(f"reference and optimum must have shape ({n},): got {reference.shape}, {optimum.shape}")
 
-    def fraction(idx):
-        gap = optimum[idx].mean() - reference[idx].mean()
-        return (adapted[idx].mean(0) - reference[idx].mean()) / gap
+    def fraction(idx):  # idx [..., n] task indices -> [..., K+1]
+        ref = reference[idx].mean(-1)[..., None]
+        return (adapted[idx].mean(-2) - ref) / (optimum[idx].mean(-1)[..., None] - ref)
 
-    rng = np.random.default_rng(seed)
-    samples = np.stack([fraction(rng.integers(0, n, n)) for _ in range(num_bootstrap)])
+    samples = fraction(np.random.default_rng(seed).integers(0, n, (num_bootstrap, n)))  # [B, K+1]
     return {"headroom": float(optimum.mean() - reference.mean()), "fraction": fraction(np.arange(n)).tolist(),
             "ci_low": np.percentile(samples, 2.5, axis=0).tolist(),
             "ci_high": np.percentile(samples, 97.5, axis=0).tolist()}

@@ -218,14 +218,15 @@ def _build_q(config: MAMLExperimentConfig, family):
 LEARNERS: dict[str, Callable[[MAMLExperimentConfig, Any], Any]] = {"pg": _build_pg, "ac": _build_ac, "q": _build_q}
 
 
-def family_kwargs(config: MAMLExperimentConfig) -> dict:
-    """Constructor arguments of ``config.task``'s family that the config holds (``horizon``, ``num_arms``, ``maze_size``)."""
-    kwargs = {"maze": {"size": config.maze_size}, "bandit": {"num_arms": config.num_arms}}.get(config.task, {})
-    return {"horizon": config.horizon, **kwargs}
-
-
 #: Config fields that are arguments of a family's constructor: ``{field: (family name, argument)}``.
 FAMILY_FIELDS = {"num_arms": ("bandit", "num_arms"), "maze_size": ("maze", "size")}
+
+
+def family_kwargs(config: MAMLExperimentConfig) -> dict:
+    """Constructor arguments of ``config.task``'s family that the config holds: ``horizon`` and its
+    :data:`FAMILY_FIELDS` (``num_arms`` for a bandit, ``maze_size`` as ``size`` for a maze)."""
+    own = {arg: getattr(config, field) for field, (owner, arg) in FAMILY_FIELDS.items() if owner == config.task}
+    return {"horizon": config.horizon, **own}
 
 
 def build(config: MAMLExperimentConfig):

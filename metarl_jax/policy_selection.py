@@ -94,16 +94,16 @@ def adaptation_candidates(learner, config: MAMLConfig, meta_params: dict, task, 
     """
     num_steps = int(config.inner_steps if selection.num_steps is None else selection.num_steps)
     cfg = dataclasses.replace(config, inner_steps=num_steps, estimator="first_order")
-    candidates, scales, steps = [meta_params["policy"]], [0.0], [0]
-    for scale in selection.lr_scales:
+    paths = []  # per scale: phi_1..phi_K stacked on a leading [K] axis
+    for scale in selection.lr_scales:  # a few static scales; each adapt is one lax.scan
         mp, scaled_cfg = _scaled_rate(meta_params, cfg, float(scale))
         phi, info = adapt(learner, scaled_cfg, mp, task, key, keep_path=True)
         # info.path holds phi_0..phi_{K-1}; the candidates are phi_1..phi_K.
-        path = jax.tree.map(lambda p, last: jnp.concatenate([p[1:], last[None]], axis=0), info.path, phi)
-        candidates += [jax.tree.map(lambda x, i=i: x[i], path) for i in range(num_steps)]
-        scales += [float(scale)] * num_steps
-        steps += list(range(1, num_steps + 1))
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *candidates)
+        paths.append(jax.tree.map(lambda p, last: jnp.concatenate([p[1:], last[None]], axis=0), info.path, phi))
+    stacked = jax.tree.map(lambda theta, *ps: jnp.concatenate([theta[None], *ps], axis=0),
+                           meta_params["policy"], *paths)
+    steps = np.concatenate([[0], np.tile(np.arange(1, num_steps + 1), len(selection.lr_scales))])
+    scales = np.concatenate([[0.0], np.repeat(np.asarray(selection.lr_scales, np.float64), num_steps)])
     return stacked, jnp.asarray(steps, jnp.int32), jnp.asarray(scales, jnp.float32)
 
 

@@ -163,7 +163,7 @@ def test_deploy_keep_best_updates_from_the_last_accepted_round_and_undoes_bad_st
     run = jax.jit(lambda lr, keep: deploy_batch(LEARNER, MAML_CONFIG, meta_params, tasks, jax.random.PRNGKey(2), 8,
                                                 lr, keep_best=keep), static_argnums=1)
     plain, best = run(30.0, False), run(30.0, True)
-    returns, starts, se = (np.asarray(x) for x in (best.returns, best.best_round, best.return_stderr))
+    returns, starts, se = (np.asarray(x) for x in (best.returns, best.update_from_round, best.return_stderr))
     for i in range(64):  # replay the acceptance rule in numpy
         best_value, anchor, rejected = -np.inf, 0, 0
         for r in range(8):
@@ -173,7 +173,7 @@ def test_deploy_keep_best_updates_from_the_last_accepted_round_and_undoes_bad_st
                 rejected += 1
             assert starts[i, r] == anchor, (i, r)
         assert int(best.extra_episodes[i]) == CONFIG.num_episodes * rejected
-    np.testing.assert_array_equal(np.asarray(plain.best_round), np.tile(np.arange(8), (64, 1)))
+    np.testing.assert_array_equal(np.asarray(plain.update_from_round), np.tile(np.arange(8), (64, 1)))
     np.testing.assert_array_equal(np.asarray(plain.returns[:, :2]), returns[:, :2])  # rounds 0, 1: same policies
     assert np.sum(starts != np.arange(8)) > 0  # some steps were rejected
     round0 = lambda t, k: LEARNER.collect(jax.random.split(k, 8)[0], meta_params["policy"], t).episode_returns(1.0)

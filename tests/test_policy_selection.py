@@ -53,9 +53,9 @@ def test_candidates_are_the_adaptation_path_and_the_best_is_chosen():
 def test_selection_does_not_lose_to_its_own_candidates_on_fresh_episodes():
     """On 128 bandits, judged on new episodes: the chosen policy beats theta and is not worse than phi_K.
 
-    With step sizes 1x and 8x (the long step overshoots on 16 pulls) plain adaptation at 8x commits to
-    arms the 16 pulls favoured by chance; selection prefers the candidates that validate. Measured mean
-    returns (128 tasks, 64 fresh episodes each): theta 1.50, phi_K at 8x 1.77, selected 1.96 (optimum 2.9).
+    Candidates at step sizes 1x and 8x; selection only sees each candidate's own validation batch.
+    Measured mean returns (128 tasks, 64 fresh episodes each): theta 1.99, phi_K at 8x 2.87, selected
+    2.88, optimum 3.09: selection matches the best fixed candidate without knowing which it is.
     """
     meta_params = init_meta_params(jax.random.PRNGKey(0), LEARNER, MAML_CONFIG)
     tasks = sample_tasks(FAMILY, jax.random.PRNGKey(3), 128)

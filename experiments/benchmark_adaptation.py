@@ -44,11 +44,14 @@ from typing import Any
 import jax
 import numpy as np
 
+from experiments.maml_acrobot_target import AcrobotTargetConfig
 from experiments.maml_bandit import BanditConfig
+from experiments.maml_cartpole_ac import CartPoleACConfig
 from experiments.maml_cartpole_target import CartPoleTargetConfig
 from experiments.maml_maze_q import MazeQConfig
 from experiments.maml_navigation import NavigationConfig
 from experiments.maml_tabular_mdp import TabularMDPConfig
+from experiments.maml_tabular_q import TabularQConfig
 from metarl_jax import checkpoint as ckpt
 from metarl_jax import evaluation, plotting
 from metarl_jax.benchmarking import cpu_model, jax_device_name
@@ -65,8 +68,13 @@ PAIR_CONFIGS: dict[tuple[str, str], type[MAMLExperimentConfig]] = {
     ("tabular_mdp", "pg"): TabularMDPConfig,
     ("maze", "q"): MazeQConfig,
     ("cartpole_target", "pg"): CartPoleTargetConfig,
+    ("cartpole_target", "ac"): CartPoleACConfig,
+    ("acrobot_target", "pg"): AcrobotTargetConfig,
+    ("tabular_mdp", "q"): TabularQConfig,
 }
-DEFAULT_PAIRS = ("navigation:pg", "bandit:pg", "tabular_mdp:pg", "maze:q", "cartpole_target:pg")
+#: One pair per shipped experiment (each family with headroom, each inner learner).
+DEFAULT_PAIRS = ("navigation:pg", "bandit:pg", "tabular_mdp:pg", "tabular_mdp:q", "maze:q", "cartpole_target:pg",
+                 "cartpole_target:ac", "acrobot_target:pg")
 #: Initialisations in the order of the tables; the second-order label gets its estimator appended.
 VARIANTS = ("maml", "fo_maml", "random", "multitask")
 

@@ -37,6 +37,8 @@ from metarl_jax.train import TrainConfig, meta_train
 DEFAULT_INNER_LR: dict[tuple[str, str], float] = {
     ("bandit", "pg"): 3.0,
     ("cartpole_target", "pg"): 1.0,
+    ("cartpole_target", "ac"): 1.0,
+    ("acrobot_target", "pg"): 1.0,
 }
 
 

@@ -55,10 +55,13 @@ SMALL_KWARGS = {
     "cartpole": dict(horizon=HORIZON),
     "cartpole_target": dict(horizon=HORIZON),
     "acrobot": dict(horizon=HORIZON),
+    "acrobot_target": dict(horizon=HORIZON),
     "pendulum": dict(horizon=HORIZON),
     "maze": dict(size=3, horizon=HORIZON),
 }
-GYMNAX_WRAPPED = ("cartpole", "cartpole_target", "acrobot", "pendulum")
+GYMNAX_WRAPPED = ("cartpole", "cartpole_target", "acrobot", "acrobot_target", "pendulum")
+#: Families whose task is in the reward (output 2 of step_env), not in the dynamics.
+REWARD_TASKS = ("cartpole_target", "acrobot_target")
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -164,7 +167,8 @@ def as_numpy64(params):
 
 def test_registry_builds_every_family_and_rejects_unknown_names():
     assert set(FAMILY_NAMES) == {
-        "bandit", "tabular_mdp", "navigation", "cartpole", "cartpole_target", "acrobot", "pendulum", "maze",
+        "bandit", "tabular_mdp", "navigation", "cartpole", "cartpole_target", "acrobot", "acrobot_target", "pendulum",
+        "maze",
     }
     for name in FAMILY_NAMES:
         family = make_family(name)
@@ -173,7 +177,7 @@ def test_registry_builds_every_family_and_rejects_unknown_names():
     expected_types = {
         "bandit": BernoulliBandit, "tabular_mdp": TabularMDP, "navigation": Navigation2D,
         "cartpole": RandomizedParams, "cartpole_target": RandomizedParams, "acrobot": RandomizedParams, "pendulum": RandomizedParams,
-        "maze": GridMaze,
+        "acrobot_target": RandomizedParams, "maze": GridMaze,
     }
     for name, cls in expected_types.items():
         assert isinstance(make_family(name), cls), name
@@ -594,7 +598,7 @@ def test_wrapped_params_change_the_dynamics(families, name):
     np.testing.assert_array_equal(obs0[0], obs0[1])  # same reset key, same initial state
     np.testing.assert_array_equal(traj["action"][0], traj["action"][1])  # same action sequence
     first_episode = np.asarray(traj["final_obs"][:2, :HORIZON])
-    if name == "cartpole_target":  # the task moves the rewarded position, not the dynamics
+    if name in REWARD_TASKS:  # the task moves the rewarded position, not the dynamics
         np.testing.assert_array_equal(first_episode[0], first_episode[1])
         rewards = np.asarray(traj["reward"][:2, :HORIZON])
         assert np.abs(rewards[0] - rewards[1]).max() > 1e-4
@@ -611,8 +615,8 @@ def test_wrapped_task_persists_across_auto_resets(families, name):
     traj = jax.tree.map(lambda x: x[0, HORIZON : 2 * HORIZON], run["traj"])  # second episode
     assert bool(run["traj"]["truncated"][0, HORIZON - 1])
 
-    # cartpole_target's task is in the reward (output 2 of step_env), the others' in the dynamics.
-    out, recorded = (2, "reward") if name == "cartpole_target" else (0, "final_obs")
+    # REWARD_TASKS' task is in the reward (output 2 of step_env), the others' in the dynamics.
+    out, recorded = (2, "reward") if name in REWARD_TASKS else (0, "final_obs")
 
     @jax.jit
     def replay(params):
@@ -802,3 +806,45 @@ def test_cartpole_target_is_gymnax_cartpole_with_a_reward_bump_at_the_target():
     assert float(physics.length) != pytest.approx(0.5)
     with pytest.raises(ValueError, match="target_range=3.0 is invalid"):
         cartpole_target_family(target_range=3.0)
+
+
+# ----------------------------------------------------------------------------- Acrobot with a target
+
+
+def test_acrobot_target_is_gymnax_acrobot_with_a_height_bump_and_no_early_termination():
+    """Same dynamics and observations as gymnax Acrobot-v1 step by step; the reward is
+    exp(-(h' - h*)^2 / (2 w^2)) with the tip height h' = -cos(th1) - cos(th1 + th2) recomputed here in
+    numpy from the reference's state; the episode does not end when the tip passes 1 (gymnax's goal)."""
+    from gymnax.environments.classic_control import acrobot as gx_acrobot
+
+    from metarl_jax.tasks import acrobot_target_family
+
+    family = acrobot_target_family(horizon=100)
+    task = family.sample_params(jax.random.PRNGKey(3))
+    assert -1.5 <= float(task.target_height) <= 1.5 and float(task.link_mass_1) == pytest.approx(1.0)
+    reference = gx_acrobot.Acrobot()
+    ref_params = reference.default_params.replace(max_steps_in_episode=100)
+    _, state = family.reset_env(jax.random.PRNGKey(4), task)
+    _, ref_state = reference.reset_env(jax.random.PRNGKey(4), ref_params)
+    step, ref_step = jax.jit(family.step_env), jax.jit(reference.step_env)
+    # energy pumping (torque against the first link's velocity) swings the tip above gymnax's goal line
+    heights = []
+    for t in range(100):
+        action = 0 if float(ref_state.velocity_1) > 0 else 2
+        obs, state, reward, done, _ = step(jax.random.PRNGKey(t), state, action, task)
+        ref_obs, ref_state, _, _, _ = ref_step(jax.random.PRNGKey(t), ref_state, action, ref_params)
+        np.testing.assert_allclose(np.asarray(obs), np.asarray(ref_obs), rtol=1e-5, atol=1e-5)
+        th1, th2 = float(ref_state.joint_angle1), float(ref_state.joint_angle2)
+        height = -np.cos(th1) - np.cos(th1 + th2)
+        heights.append(height)
+        expected = np.exp(-0.5 * ((height - float(task.target_height)) / 0.5) ** 2)
+        assert float(reward) == pytest.approx(expected, rel=1e-4, abs=1e-6), t
+        assert not bool(done), t
+    assert max(heights) > 1.0  # gymnax's Acrobot would have terminated
+    tasks = sample_tasks(family, jax.random.PRNGKey(6), 256)
+    targets = np.asarray(tasks.target_height)
+    assert targets.min() < -1.2 and targets.max() > 1.2 and np.all(np.abs(targets) <= 1.5)
+    physics = acrobot_target_family(physics=True).sample_params(jax.random.PRNGKey(7))
+    assert float(physics.link_mass_1) != pytest.approx(1.0)
+    with pytest.raises(ValueError, match="height_range=.* is invalid"):
+        acrobot_target_family(height_range=(0.5, 3.0))

@@ -16,6 +16,7 @@ from metarl_jax.tasks.gymnax_families import (
     RandomizedParams,
     Uniform,
     acrobot_family,
+    acrobot_target_family,
     cartpole_derived,
     cartpole_family,
     cartpole_target_family,
@@ -47,6 +48,7 @@ _REGISTRY: dict[str, Callable[..., TaskFamily]] = {
     "cartpole": cartpole_family,
     "cartpole_target": cartpole_target_family,
     "acrobot": acrobot_family,
+    "acrobot_target": acrobot_target_family,
     "pendulum": pendulum_family,
     "maze": GridMaze,
 }
@@ -61,7 +63,8 @@ def make_family(name: str, **kwargs) -> TaskFamily:
     Names: ``bandit`` (:class:`BernoulliBandit`), ``tabular_mdp`` (:class:`TabularMDP`),
     ``navigation`` (:class:`Navigation2D`), ``cartpole`` / ``acrobot`` / ``pendulum``
     (:func:`cartpole_family` etc., kwarg ``horizon``), ``cartpole_target``
-    (:func:`cartpole_target_family`: the cart position to balance at), ``maze`` (:class:`GridMaze`).
+    (:func:`cartpole_target_family`: the cart position to balance at), ``acrobot_target``
+    (:func:`acrobot_target_family`: the tip height to swing to), ``maze`` (:class:`GridMaze`).
     """
     if name not in _REGISTRY:
         raise ValueError(f"name={name!r} is invalid: must be one of {list(FAMILY_NAMES)}")
@@ -89,6 +92,7 @@ __all__ = [
     "TaskFamily",
     "Uniform",
     "acrobot_family",
+    "acrobot_target_family",
     "cartpole_derived",
     "cartpole_family",
     "cartpole_target_family",

@@ -19,15 +19,16 @@ observation (an integer index) is one-hot encoded into ``n`` floats.
 Rewards are cast to float32 and termination flags to bool.
 
 Ready-made families: :func:`cartpole_family`, :func:`acrobot_family`,
-:func:`pendulum_family`, and :func:`cartpole_target_family` (a task that changes the best
-behaviour: where to balance the pole).
+:func:`pendulum_family`, and two whose task changes the best behaviour:
+:func:`cartpole_target_family` (where to balance the pole) and :func:`acrobot_target_family` (how
+high to swing the tip).
 
 Headroom: little. Physics parameters barely change the best behaviour (balance the pole, swing the
 tip up), so one policy serves every task: measured, Acrobot with random link masses (PG and
 actor-critic, 30-50 iterations) never improves after adapting, and CartPole with random pole
 length and mass reaches the 200-step cap before and after adapting. These families test that the
 machinery runs on gymnax physics; for adaptation benchmarks use a family whose task changes what
-to do: :func:`cartpole_target_family`, bandit, tabular MDP, navigation, maze.
+to do: :func:`cartpole_target_family`, :func:`acrobot_target_family`, bandit, tabular MDP, navigation, maze.
 """
 
 from __future__ import annotations
@@ -402,5 +403,87 @@ def cartpole_target_family(horizon: int | None = None, target_range: float = 1.0
         distributions,
         derived=cartpole_derived,
         name="CartPole-v1-target" + ("-randomized" if physics else ""),
+        horizon=horizon,
+    )
+
+
+# ----------------------------------------------------------------------------- Acrobot with a target height
+
+
+@struct.dataclass
+class AcrobotTargetParams(acrobot.EnvParams):
+    """Acrobot's parameters plus the task: the tip height ``target_height`` to swing the tip to.
+
+    The tip height is ``h = -cos(theta_1) - cos(theta_1 + theta_2)`` in ``[-2, 2]`` (link lengths
+    1): ``-2`` hanging at rest, ``2`` upright. ``target_width`` (``w``) sets how sharply the reward
+    falls off away from the target.
+    """
+
+    target_height: float = 0.0
+    target_width: float = 0.5
+
+
+def acrobot_tip_height(state: acrobot.EnvState, params: acrobot.EnvParams) -> jax.Array:
+    """``h = -l_1 cos(theta_1) - l_2 cos(theta_1 + theta_2)``: the tip's height above the pivot."""
+    return (-params.link_length_1 * jnp.cos(state.joint_angle1)
+            - params.link_length_2 * jnp.cos(state.joint_angle1 + state.joint_angle2))
+
+
+class TargetAcrobot(acrobot.Acrobot):
+    """gymnax Acrobot-v1 whose reward asks for the tip at the height ``params.target_height``.
+
+    Dynamics and observations (``[cos th1, sin th1, cos th2, sin th2, dth1, dth2]``: the target is
+    *not* observed) are gymnax's, unchanged. Episodes never terminate early (reaching the top is
+    not the goal here); they end at the horizon. The reward of ``s_t -> s_{t+1}`` is a Gaussian
+    bump around the target height:
+
+        r_t = exp(-(h(s_{t+1}) - h*)^2 / (2 w^2)),   0 < r_t <= 1.
+    """
+
+    @property
+    def default_params(self) -> AcrobotTargetParams:
+        return AcrobotTargetParams(available_torque=jnp.array([-1.0, 0.0, +1.0]))
+
+    def step_env(self, key, state, action, params):
+        obs, next_state, _, _, info = super().step_env(key, state, action, params)
+        closeness = jnp.exp(-0.5 * jnp.square(
+            (acrobot_tip_height(next_state, params) - params.target_height) / params.target_width))
+        done = self.is_terminated(next_state, params)
+        return obs, next_state, closeness, done, {"discount": self.discount(next_state, params)}
+
+    def is_terminated(self, state, params) -> jax.Array:
+        """Never: the episode runs to the horizon (``is_truncated``)."""
+        return jnp.zeros((), dtype=bool)
+
+    @property
+    def name(self) -> str:
+        return "Acrobot-v1-target"
+
+
+def acrobot_target_family(horizon: int | None = None, height_range: tuple[float, float] = (-1.5, 1.5),
+                          physics: bool = False) -> RandomizedParams:
+    """Acrobot where a task is the tip height to hold: ``target_height ~ U[lo, hi]``, ``(-1.5, 1.5)``.
+
+    ``physics=True`` also draws ``link_mass_1, link_mass_2 ~ U[0.5, 1.5]``
+    (:func:`acrobot_family`'s distribution). The reward is :class:`TargetAcrobot`'s, at most 1 per
+    step; ``horizon=None`` keeps gymnax's 500 steps (100 s at ``dt = 0.2``).
+
+    Headroom. The tip hangs at ``h = -2``; a low target asks for small swings, a high one for
+    pumping energy into large ones, and the target is not observed, so one policy cannot serve
+    every task: measured figures are in ``docs/benchmarks.md`` (the ``acrobot_target`` rows).
+    """
+    if not (isinstance(height_range, (tuple, list)) and len(height_range) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in height_range)
+            and -2.0 <= height_range[0] < height_range[1] <= 2.0):
+        raise ValueError(f"height_range={height_range!r} is invalid: must be (lo, hi) with "
+                         "-2 <= lo < hi <= 2, the reachable tip heights")
+    distributions = {"target_height": Uniform(float(height_range[0]), float(height_range[1]))}
+    if physics:
+        distributions.update({"link_mass_1": Uniform(0.5, 1.5), "link_mass_2": Uniform(0.5, 1.5)})
+    return RandomizedParams(
+        TargetAcrobot(),
+        distributions,
+        name="Acrobot-v1-target" + ("-randomized" if physics else ""),
         horizon=horizon,
     )

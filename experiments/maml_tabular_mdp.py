@@ -17,6 +17,10 @@ class TabularMDPConfig(MAMLExperimentConfig):
     10% per iteration and the post-adaptation return peaks near iteration 30, then decays below the
     random initialisation's; ``init_entropy_coef`` keeps the initial softmax from saturating
     (docs/benchmarks.md, "Training that does not decay").
+
+    The inner step starts at 1.0 (Meta-SGD then learns per-parameter rates): from 0.3, three steps
+    closed 0.47 of the headroom (held-out k=3 15.7 against the multi-task policy's 10.2 and the
+    optimum's 22.1); from 1.0 the same 100 iterations reach k=0..3 10.1, 13.6, 16.4, 17.8 (0.64 of it).
     """
 
     task: str = "tabular_mdp"
@@ -28,7 +32,7 @@ class TabularMDPConfig(MAMLExperimentConfig):
     gamma: float = 1.0
     baseline: str = "linear"
     normalize: str = "episode"
-    inner_lr: float = 0.3
+    inner_lr: float = 1.0
     learn_inner_lr: bool = True
     estimator: str = "lvc"
     outer_lr: float = 3e-3

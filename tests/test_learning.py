@@ -35,7 +35,10 @@ def _post_adaptation_gain(config):
 
 
 def test_short_meta_training_beats_random_initialisation():
-    gain, stderr, learned, random, optimum, _ = _post_adaptation_gain(TabularMDPConfig(num_iterations=100, meta_batch=20))
+    """Tabular MDPs at a small inner step (0.3), where three steps from a random start barely move
+    (k=3 13.0 against the optimum's 22.1): what the meta-learned start and rates add is visible."""
+    gain, stderr, learned, random, optimum, _ = _post_adaptation_gain(
+        TabularMDPConfig(num_iterations=100, meta_batch=20, inner_lr=0.3))
     # The gap closed towards the optimum must be substantial and far outside the noise.
     assert gain > 5 * stderr, (gain, stderr)
     assert gain > 0.15 * (optimum - random), (learned, random, optimum)

@@ -454,3 +454,49 @@ def test_objective_estimate_carries_the_outer_surrogate_scale():
     expected = np.mean(reward @ discounts) * (6 / 18) / np.std(to_go - 0.3)
     np.testing.assert_allclose(float(estimate), expected, rtol=1e-4)
     np.testing.assert_allclose(float(traj.surrogate_scale), (6 / 18) / np.std(to_go - 0.3), rtol=1e-4)
+
+
+@pytest.mark.parametrize("bootstrap", [False, True])
+def test_bootstrap_at_horizon_adds_the_discounted_value_of_the_last_next_state(bootstrap):
+    """``ACConfig.bootstrap_at_horizon``: advantages and lambda-return targets against numpy.
+
+    Tabular MDP (3 states, horizon 4, never terminates), tabular critic ``V = (0.5, -1.0, 2.0)``,
+    gamma 0.9. ``lambda = 1``: the target is the return of the 4 rolled-out steps,
+    ``y_t = sum_{u=t}^{3} gamma^(u-t) r_u``, plus ``gamma^(4-t) V(s_4)`` with the bootstrap, where
+    ``s_4`` is the state after the last step (``next_obs[:, -1]``, not ``obs[:, -1]``); ``A = y - V(s_t)``.
+    ``lambda = 0.7``: GAE by the backward recursion with ``V(s_4)`` or 0 after the last step.
+    """
+    gamma, horizon = 0.9, 4
+    critic_values = np.array([0.5, -1.0, 2.0], np.float32)
+    learner = ActorCriticLearner(
+        MDP, TabularPolicy(3, 2),
+        ACConfig(num_inner_episodes=6, num_outer_episodes=6, horizon=horizon, gamma=gamma,
+                 bootstrap_at_horizon=bootstrap), critic=TabularCritic(3))
+    params = {"actor": {"logits": jnp.zeros((3, 2))}, "critic": {"values": jnp.asarray(critic_values)}}
+    task = jax.tree.map(lambda x: x[0], sample_tasks(MDP, jax.random.PRNGKey(1), 1))
+
+    @jax.jit
+    def run(params, key):
+        traj = learner.collect(key, params, task)
+        return traj, learner.advantages_and_targets(params, traj, 1.0), learner.advantages_and_targets(params, traj, 0.7)
+
+    traj, (adv1, y1), (adv07, y07) = run(params, jax.random.PRNGKey(2))
+    states = np.asarray(traj.obs).argmax(-1)  # one-hot observations [6, 4]
+    last = np.asarray(traj.next_obs)[:, -1].argmax(-1)
+    reward = np.asarray(traj.reward, np.float64)
+    v, v_last = critic_values[states].astype(np.float64), critic_values[last].astype(np.float64)
+    v_end = v_last if bootstrap else np.zeros(6)
+    assert np.all(np.asarray(traj.mask) == 1.0) and np.any(last != states[:, -1])
+
+    to_go = np.stack([reward[:, t:] @ gamma ** np.arange(horizon - t) for t in range(horizon)], axis=1)
+    y_expected = to_go + gamma ** (horizon - np.arange(horizon))[None] * v_end[:, None]
+    np.testing.assert_allclose(np.asarray(y1), y_expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(adv1), y_expected - v, rtol=1e-5, atol=1e-5)
+
+    next_v = np.concatenate([v[:, 1:], v_end[:, None]], axis=1)
+    adv, running = np.zeros((6, horizon)), np.zeros(6)
+    for t in reversed(range(horizon)):
+        running = reward[:, t] + gamma * next_v[:, t] - v[:, t] + gamma * 0.7 * running
+        adv[:, t] = running
+    np.testing.assert_allclose(np.asarray(adv07), adv, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(y07), adv + v, rtol=1e-5, atol=1e-5)

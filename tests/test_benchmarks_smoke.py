@@ -69,23 +69,53 @@ def test_benchmark_adaptation_rejects_bad_flags():
         benchmark_adaptation.main(["--steps", "2"])
 
 
-def test_benchmark_estimators_end_to_end(tmp_path):
+def test_benchmark_estimators_end_to_end(tmp_path, monkeypatch):
+    """Two estimators end to end; the recorded gradient statistics are recomputed in numpy from the mean
+    gradients the benchmark computed (captured by wrapping ``make_gradient_statistics``): ``mean_norm = |g_bar|``,
+    ``ratio``, ``mean_standard_error`` and ``mean_norm_debiased`` by their formulas, and
+    ``cosine_to_dice_mean`` = the cosine between first-order's ``g_bar`` and DiCE's (not DiCE's with itself)."""
+    captured = {}
+    real_statistics = benchmark_estimators.make_gradient_statistics
+
+    def capturing(learner, maml_config, *args):
+        stats_fn = real_statistics(learner, maml_config, *args)
+
+        def wrapped(meta_params, key):
+            out = stats_fn(meta_params, key)
+            captured.setdefault(maml_config.estimator, []).append(np.asarray(out[0], np.float64))
+            return out
+
+        return wrapped
+
+    monkeypatch.setattr(benchmark_estimators, "make_gradient_statistics", capturing)
     out = tmp_path / "estimators"
+    grad_keys = 3
     benchmark_estimators.main([
-        "--estimators", "dice", "--seeds", "2", "--iterations", "2", "--iterations-per-call", "2",
-        "--grad-keys", "3", "--grad-key-chunk", "3", "--meta-batch", "2", "--episodes", "2", "--horizon", "5",
-        "--hidden-sizes", "4", "--eval-tasks", "3", "--out-dir", str(out),
+        "--estimators", "first_order", "dice", "--seeds", "2", "--iterations", "2", "--iterations-per-call", "2",
+        "--grad-keys", str(grad_keys), "--grad-key-chunk", "3", "--meta-batch", "2", "--episodes", "2",
+        "--horizon", "5", "--hidden-sizes", "4", "--eval-tasks", "3", "--out-dir", str(out),
     ])
     with open(out / "benchmark_estimators.json") as f:
         saved = json.load(f)
-    dice = saved["estimators"]["dice"]
-    assert np.asarray(dice["train_post_adaptation_return"]).shape == (2, 2)
-    for point in ("initial", "trained"):
-        stats = dice["gradient"][point]
-        assert stats["var_trace"] > 0 and stats["mean_norm"] > 0 and np.isfinite(stats["ratio"])
-        assert stats["cosine_to_dice_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert set(saved["estimators"]) == {"first_order", "dice"}
+    for estimator, result in saved["estimators"].items():
+        assert np.asarray(result["train_post_adaptation_return"]).shape == (2, 2)
+        for i, point in enumerate(("initial", "trained")):
+            stats, mean, dice_mean = result["gradient"][point], captured[estimator][i], captured["dice"][i]
+            var = stats["var_trace"]
+            assert var > 0
+            assert stats["mean_norm"] == pytest.approx(np.linalg.norm(mean), rel=1e-5)
+            assert stats["ratio"] == pytest.approx(var / np.sum(mean**2), rel=1e-4)
+            assert stats["mean_standard_error"] == pytest.approx(np.sqrt(var / grad_keys), rel=1e-6)
+            assert stats["mean_norm_debiased"] == pytest.approx(
+                np.sqrt(max(np.sum(mean**2) - var / grad_keys, 0.0)), rel=1e-4, abs=1e-9)
+            cosine = mean @ dice_mean / (np.linalg.norm(mean) * np.linalg.norm(dice_mean))
+            assert stats["cosine_to_dice_mean"] == pytest.approx(cosine, abs=1e-6)
+    for point in ("initial", "trained"):  # the first-order direction is not DiCE's
+        assert saved["estimators"]["first_order"]["gradient"][point]["cosine_to_dice_mean"] < 1.0 - 1e-4
     assert _is_png(out / "estimators_learning_curves.png")
-    assert "| dice |" in (out / "benchmark_estimators.md").read_text()
+    table = (out / "benchmark_estimators.md").read_text()
+    assert "| dice |" in table and "| first_order |" in table
 
 
 def test_multitask_pretraining_learns_the_shared_structure():

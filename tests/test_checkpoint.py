@@ -7,8 +7,10 @@ import pathlib
 import random
 import subprocess
 import sys
+import stat
 import textwrap
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -147,6 +149,101 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path):
     assert step == 1 and float(tree["x"]) == 1.0
 
 
+def test_torn_newest_checkpoint_is_skipped_with_a_warning_naming_it(tmp_path):
+    """A newest file cut off in the middle of its body (what a non-atomic write killed mid-way leaves):
+    :func:`restore_latest` warns once, naming the file and the checksum, and returns the previous step."""
+    ckpt.save_checkpoint(tmp_path, 1, {"x": jnp.float32(1.0)})
+    path = pathlib.Path(ckpt.save_checkpoint(tmp_path, 2, {"x": jnp.float32(2.0)}))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(ckpt.MAGIC) + 32 + (len(data) - len(ckpt.MAGIC) - 32) // 2])  # header intact
+    with pytest.warns(RuntimeWarning) as record:
+        step, tree, _ = ckpt.restore_latest(tmp_path, {"x": jnp.zeros((), jnp.float32)})
+    assert step == 1 and float(tree["x"]) == 1.0
+    messages = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "skipping unreadable checkpoint" in messages[0], messages
+    assert str(path) in messages[0] and "checksum" in messages[0], messages
+
+
+# --------------------------------------------------------------------------- atomic writes
+#
+# The documented protocol: the bytes go to a temporary file in the same directory, which is
+# fsync-ed and then renamed onto the final name with os.replace. A writer that wrote straight
+# to the final name would expose a partial file (or clobber the previous one) whenever the
+# process dies mid-write; these tests fail for it.
+
+_X = {"x": jnp.zeros((), jnp.float32)}
+
+
+def _value_at(path) -> float:
+    return float(ckpt.restore_checkpoint(path, _X)[0]["x"])
+
+
+def test_save_writes_a_complete_temporary_file_then_os_replace_onto_the_final_name(tmp_path, monkeypatch):
+    """Re-saving step 4: ``os.replace`` is called once, from a ``.tmp-step_`` file in the same directory that
+    already holds the complete new checkpoint, onto ``step_00000004``, which until then still holds the old one."""
+    final = ckpt.save_checkpoint(tmp_path, 4, {"x": jnp.float32(1.0)})
+    calls = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        calls.append({"src": os.fspath(src), "dst": os.fspath(dst), "src_value": _value_at(src),
+                      "dst_value": _value_at(dst)})
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    assert ckpt.save_checkpoint(tmp_path, 4, {"x": jnp.float32(2.0)}) == final
+    assert len(calls) == 1, calls
+    (call,) = calls
+    assert call["dst"] == final
+    assert os.path.dirname(call["src"]) == str(tmp_path) and os.path.basename(call["src"]).startswith(".tmp-step_")
+    assert call["src_value"] == 2.0 and call["dst_value"] == 1.0  # complete new file; old one untouched until then
+    assert _value_at(final) == 2.0 and not os.path.exists(call["src"])
+    assert sorted(os.listdir(tmp_path)) == ["step_00000004"]
+
+
+def test_failed_rename_leaves_the_previous_checkpoint_intact_and_no_partial_file(tmp_path, monkeypatch):
+    """A save that dies at the rename (``os.replace`` raises) changes nothing visible: the old step 4 restores,
+    there is no step 5, the temporary file is removed, and ``restore_latest`` finds step 4 without a warning."""
+    ckpt.save_checkpoint(tmp_path, 4, {"x": jnp.float32(1.0)})
+
+    def fail(src, dst):
+        raise OSError("simulated crash at the rename")
+
+    monkeypatch.setattr(os, "replace", fail)
+    for step in (4, 5):  # over an existing checkpoint, and a new step
+        with pytest.raises(OSError, match="simulated crash"):
+            ckpt.save_checkpoint(tmp_path, step, {"x": jnp.float32(2.0)})
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["step_00000004"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        step, tree, _ = ckpt.restore_latest(tmp_path, _X)
+    assert step == 4 and float(tree["x"]) == 1.0
+
+
+def test_crash_mid_write_never_exposes_a_partial_file_under_the_final_name(tmp_path, monkeypatch):
+    """A save killed while its bytes are being made durable (the file's ``fsync`` raises): at that moment the
+    final name still holds the previous checkpoint (step 4) or does not exist (step 5), and afterwards too."""
+    ckpt.save_checkpoint(tmp_path, 4, {"x": jnp.float32(1.0)})
+    seen = []
+    real_fsync = os.fsync
+
+    def crash(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # the checkpoint's bytes, not the directory
+            names = sorted(n for n in os.listdir(tmp_path) if n.startswith("step_"))
+            seen.append((names, _value_at(tmp_path / "step_00000004")))
+            raise OSError("simulated crash during the write")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", crash)
+    for step in (4, 5):
+        with pytest.raises(OSError, match="simulated crash"):
+            ckpt.save_checkpoint(tmp_path, step, {"x": jnp.float32(2.0)})
+    monkeypatch.undo()
+    assert seen == [(["step_00000004"], 1.0)] * 2, seen
+    assert sorted(os.listdir(tmp_path)) == ["step_00000004"] and _value_at(tmp_path / "step_00000004") == 1.0
+
+
 def test_mismatch_errors_name_the_leaf_and_both_shapes(tmp_path):
     path = ckpt.save_checkpoint(tmp_path, 0, {"params": {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}})
     with pytest.raises(ValueError) as err:
@@ -239,7 +336,9 @@ HELPER = textwrap.dedent(
 
 def _check_complete(directory) -> int:
     target = {"w": np.zeros(N_FLOATS, np.float32), "b": np.zeros(1000, np.int32), "key": jax.random.key(0), "step": 0}
-    found = ckpt.restore_latest(directory, target)
+    with warnings.catch_warnings():  # atomic saves never leave a torn step_* file to skip
+        warnings.simplefilter("error", RuntimeWarning)
+        found = ckpt.restore_latest(directory, target)
     assert found is not None
     step, tree, meta = found
     assert meta == {"step": step} and tree["step"] == step
@@ -249,6 +348,9 @@ def _check_complete(directory) -> int:
 
 
 def test_sigkill_mid_save_never_breaks_latest(tmp_path):
+    """A saver SIGKILLed at random moments (and once stalled before its rename): the newest checkpoint
+    always restores completely, never goes back a step, and ``restore_latest`` never has to skip a torn
+    file (its RuntimeWarning is an error here: a non-atomic writer trips it)."""
     helper = tmp_path / "saver.py"
     helper.write_text(HELPER.format(repo=str(REPO), n=N_FLOATS))
     directory = tmp_path / "ckpts"

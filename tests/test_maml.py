@@ -6,17 +6,24 @@ action, so the library's whole meta-loss (rollouts, linear baseline,
 standardised advantages, K inner steps) is a smooth function of ``theta``
 with the data held fixed, and its autodiff gradient must equal central finite
 differences in float64.
+
+Finite differences differentiate the code they check, so a wrong forward formula passes them;
+the bandit sections at the end check the inner update rules (SGD, Meta-SGD, optax inner
+optimizers), the Meta-SGD meta-gradient and the DiCE score weight against hand computations
+in numpy instead.
 """
 
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from metarl_jax.learners import PGConfig, PolicyGradientLearner
 from metarl_jax.maml import MAMLConfig, adapt, init_meta_params, make_meta_gradient, make_meta_loss
-from metarl_jax.networks import CategoricalPolicy
+from metarl_jax.networks import CategoricalPolicy, TabularPolicy
+from metarl_jax.tasks.bandit import BanditParams, BernoulliBandit
 from metarl_jax.tasks.base import sample_tasks
 from metarl_jax.tasks.tabular_mdp import TabularMDP
 
@@ -281,3 +288,224 @@ def test_init_entropy_bonus_is_minus_beta_times_the_initial_policys_entropy_on_t
         assert float(metrics["init_policy_entropy"]) > 0.0
     with pytest.raises(ValueError, match="init_entropy_coef=-0.1"):
         MAMLConfig(init_entropy_coef=-0.1)
+
+
+# ----------------------------------------------------------------------------- hand-computed inner steps (bandit)
+#
+# A Bernoulli bandit (horizon 3) with a tabular softmax policy ``pi = softmax(theta)`` and REINFORCE
+# without baseline or standardisation (``normalize="episode"``): the inner loss is
+# ``L(theta) = -1/E sum_{e,t} G[e,t] log pi(a[e,t])`` with ``G`` the discounted reward-to-go, so
+#
+#     grad L = -1/E sum_{e,t} G[e,t] (e_{a[e,t]} - pi),   hess L = (1/E sum_{e,t} G[e,t]) (diag(pi) - pi pi^T),
+#
+# computed below in float64 numpy from the sampled actions and rewards. The data comes from the
+# learner's ``collect`` with the keys ``adapt`` uses (``jax.random.split(key, K)``), so only the
+# update rule is under test.
+
+BANDIT = BernoulliBandit(num_arms=3, horizon=3)
+BANDIT_TASK = BanditParams(probs=jnp.asarray([0.8, 0.3, 0.55]), max_steps_in_episode=3)
+BANDIT_THETA = np.array([0.2, -0.4, 0.1], np.float32)
+BANDIT_GAMMA = 0.9
+BANDIT_LEARNER = PolicyGradientLearner(
+    BANDIT, TabularPolicy(1, 3),
+    PGConfig(num_inner_episodes=4, num_outer_episodes=4, horizon=3, gamma=BANDIT_GAMMA, baseline="none",
+             standardize_advantages=False, normalize="episode"))
+
+
+def _np_returns(reward, gamma):
+    """Reward-to-go ``G[e, t] = sum_{s >= t} gamma^(s-t) r[e, s]`` by the backward recursion."""
+    reward = np.asarray(reward, np.float64)
+    out = np.zeros_like(reward)
+    running = np.zeros(reward.shape[0])
+    for t in reversed(range(reward.shape[1])):
+        running = reward[:, t] + gamma * running
+        out[:, t] = running
+    return out
+
+
+def _np_softmax(theta):
+    e = np.exp(theta - theta.max())
+    return e / e.sum()
+
+
+def _np_scores(theta, action):
+    """``e_{a[e,t]} - pi_theta`` for every step: ``[E, T, A]``."""
+    return np.eye(theta.shape[0])[np.asarray(action)] - _np_softmax(theta)
+
+
+def _np_inner_grad(theta, traj, gamma=BANDIT_GAMMA):
+    """``grad L = -1/E sum_{e,t} G[e,t] (e_{a[e,t]} - pi_theta)`` (the module section's formula)."""
+    g = _np_returns(traj.reward, gamma)
+    return -np.einsum("et,eta->a", g, _np_scores(theta, traj.action)) / g.shape[0]
+
+
+_bandit_collect = jax.jit(lambda key, logits, outer=False: (
+    BANDIT_LEARNER.collect_outer if outer else BANDIT_LEARNER.collect)(key, {"logits": logits[None]}, BANDIT_TASK),
+    static_argnums=2)
+
+
+def _np_adapt(update, key, num_steps):
+    """``phi_{k+1} = update(phi_k, g_k, k)`` with ``g_k`` the numpy gradient on the data of ``phi_k``."""
+    phi = BANDIT_THETA.astype(np.float64)
+    for k, step_key in enumerate(jax.random.split(key, num_steps)):
+        traj = _bandit_collect(step_key, np.asarray(phi, np.float32))
+        phi = update(phi, _np_inner_grad(phi, traj), k)
+    return phi
+
+
+def _adapted_logits(config, meta_params, key, inner_optimizer=None):
+    phi, _ = jax.jit(lambda mp, k: adapt(BANDIT_LEARNER, config, mp, BANDIT_TASK, k, inner_optimizer))(meta_params, key)
+    return np.asarray(phi["logits"][0], np.float64)
+
+
+def test_meta_sgd_inner_steps_are_theta_minus_rate_times_gradient():
+    """Meta-SGD, K = 2: ``phi_{k+1} = phi_k - a * g_k`` elementwise with the learned rates ``a``.
+
+    ``a = (0.3, 0.7, 1.6)`` (no rate is 1, so ``a * a * g`` or ``a / g``-style slips differ) and ``g_k``
+    is the hand-computed REINFORCE gradient (module section above). (A scalar ``inner_lr``: see
+    :func:`test_optax_sgd_inner_optimizer_equals_plain_sgd_by_hand`.)
+    """
+    rates = np.array([0.3, 0.7, 1.6], np.float32)
+    key = jax.random.PRNGKey(11)
+    config = MAMLConfig(inner_steps=2, inner_lr=0.3, learn_inner_lr=True, estimator="dice")
+    meta_params = {"policy": {"logits": jnp.asarray(BANDIT_THETA)[None]}, "inner_lr": {"logits": jnp.asarray(rates)[None]}}
+    expected = _np_adapt(lambda phi, g, k: phi - rates * g, key, 2)
+    np.testing.assert_allclose(_adapted_logits(config, meta_params, key), expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(expected - BANDIT_THETA).min() > 1e-2  # every logit moved
+
+
+def test_meta_sgd_meta_gradient_matches_the_hand_computed_chain_rule():
+    """K = 1, ``"naive"``, one task: the meta-gradient of ``outer(theta - a * g(theta))``, by hand.
+
+    With ``v = grad outer(phi)`` (outer REINFORCE gradient at ``phi`` on the outer data, same formula),
+    ``d/da = -g * v`` and ``d/dtheta = v - H (a * v)`` with ``H`` the inner loss Hessian (module
+    section). The data are re-derived with :func:`meta_loss`'s key plumbing.
+    """
+    rates = np.array([0.3, 0.7, 1.6], np.float32)
+    config = MAMLConfig(inner_steps=1, inner_lr=0.3, learn_inner_lr=True, estimator="naive")
+    meta_params = {"policy": {"logits": jnp.asarray(BANDIT_THETA)[None]}, "inner_lr": {"logits": jnp.asarray(rates)[None]}}
+    tasks = jax.tree.map(lambda x: jnp.asarray(x)[None], BANDIT_TASK)
+    key = jax.random.PRNGKey(12)
+    key_inner, key_outer = jax.random.split(jax.random.split(key, 1)[0])
+
+    grads = jax.jit(lambda mp: make_meta_gradient(BANDIT_LEARNER, config)(mp, tasks, key)[1])(meta_params)
+    inner = _bandit_collect(jax.random.split(key_inner, 1)[0], BANDIT_THETA)
+    theta = BANDIT_THETA.astype(np.float64)
+    g = _np_inner_grad(theta, inner)
+    phi_np = theta - rates * g
+    outer = _bandit_collect(key_outer, phi_np.astype(np.float32), True)  # the data the meta-loss scored
+    v = _np_inner_grad(phi_np, outer)  # the outer loss is the same surrogate on the outer data
+    pi = _np_softmax(theta)
+    hess = np.mean(np.sum(_np_returns(inner.reward, BANDIT_GAMMA), axis=1)) * (np.diag(pi) - np.outer(pi, pi))
+    np.testing.assert_allclose(np.asarray(grads["inner_lr"]["logits"][0]), -g * v, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(grads["policy"]["logits"][0]), v - hess @ (rates * v), rtol=1e-4, atol=1e-6)
+    assert np.abs(g * v).max() > 1e-3
+
+
+def test_optax_sgd_inner_optimizer_equals_plain_sgd_by_hand():
+    """``adapt(..., inner_optimizer=optax.sgd(lr))``, K = 2, and plain SGD with ``inner_lr = lr`` both step
+    ``phi_{k+1} = phi_k - lr * g_k`` with the hand-computed gradient (module section above)."""
+    lr, key = 0.3, jax.random.PRNGKey(13)
+    meta_params = {"policy": {"logits": jnp.asarray(BANDIT_THETA)[None]}}
+    config = MAMLConfig(inner_steps=2, inner_lr=lr, estimator="dice")
+    expected = _np_adapt(lambda phi, g, k: phi - lr * g, key, 2)
+    np.testing.assert_allclose(_adapted_logits(config, meta_params, key, optax.sgd(lr)), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_adapted_logits(config, meta_params, key), expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(expected - BANDIT_THETA).min() > 1e-2
+
+
+def test_optax_adam_inner_optimizer_equals_adam_by_hand():
+    """``adapt(..., inner_optimizer=optax.adam(lr))``, K = 2, against Adam written out in numpy.
+
+    Adam (b1 = 0.9, b2 = 0.999, eps = 1e-8): ``m_k = b1 m + (1 - b1) g``, ``v_k = b2 v + (1 - b2) g^2``,
+    ``phi -= lr * (m_k / (1 - b1^k)) / (sqrt(v_k / (1 - b2^k)) + eps)``; its first step is
+    ``-lr * g / (|g| + eps)``, i.e. ``-lr * sign(g)`` whatever the gradient's size, unlike SGD's.
+    """
+    lr, key, state = 0.05, jax.random.PRNGKey(13), {"m": np.zeros(3), "v": np.zeros(3)}
+
+    def adam(phi, g, k):
+        state["m"] = 0.9 * state["m"] + 0.1 * g
+        state["v"] = 0.999 * state["v"] + 0.001 * g * g
+        m_hat, v_hat = state["m"] / (1 - 0.9 ** (k + 1)), state["v"] / (1 - 0.999 ** (k + 1))
+        step = lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+        if k == 0:
+            np.testing.assert_allclose(step, lr * np.sign(g), rtol=1e-6)  # the first step is lr * sign(g)
+            assert np.ptp(np.abs(g)) > 1e-2  # ... although the gradient's entries differ in size
+        return phi - step
+
+    expected = _np_adapt(adam, key, 2)
+    config = MAMLConfig(inner_steps=2, inner_lr=0.3, estimator="dice")
+    meta_params = {"policy": {"logits": jnp.asarray(BANDIT_THETA)[None]}}
+    np.testing.assert_allclose(_adapted_logits(config, meta_params, key, optax.adam(lr)), expected, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the DiCE score weight (bandit)
+
+STD_LEARNER = PolicyGradientLearner(
+    BANDIT, TabularPolicy(1, 3),
+    PGConfig(num_inner_episodes=4, num_outer_episodes=5, horizon=3, gamma=BANDIT_GAMMA, baseline="mean",
+             standardize_advantages=True, normalize="step"))
+
+
+def _np_score_weight(outer, gamma=BANDIT_GAMMA):
+    """``V = mean_e sum_t gamma^t r[e,t] * (E / #steps) / std(A_raw)``, ``A_raw = G - mean_e G`` (numpy).
+
+    The outer surrogate's gradient estimates ``c grad J`` with ``c = (1 / T) / std(A_raw)`` (step
+    normalisation, standardised advantages, a bandit never terminates): DiCE's score term must be
+    weighed by the same ``c``. Returns ``(V, V without the 1/std factor)``.
+    """
+    reward = np.asarray(outer.reward, np.float64)
+    num_episodes, horizon = reward.shape
+    value = np.mean(reward @ gamma ** np.arange(horizon)) * (num_episodes / reward.size)
+    returns = _np_returns(reward, gamma)
+    raw = returns - returns.mean(axis=0, keepdims=True)
+    return value / (np.std(raw) + 1e-8), value
+
+
+def test_pg_dice_score_term_is_weighed_by_the_standardised_objective_estimate():
+    """PG learner with standardised advantages: ``objective_estimate`` and the DiCE score part of the meta-gradient.
+
+    ``objective_estimate`` must equal the numpy ``V`` of :func:`_np_score_weight`, and (K = 1, three
+    tasks, leave-one-out baseline ``b_i = (sum_j V_j - V_i) / 2``) the DiCE meta-gradient minus the
+    naive one (same inner step and data) must be the score part
+    ``-1/N sum_i (V_i - b_i) sum_{e,t} (e_{a[e,t]} - pi_theta)`` over each task's inner batch, all in
+    numpy. Without the ``1/std`` factor the weights here change by more than 10%.
+    """
+    tasks = BanditParams(probs=jnp.asarray([[0.8, 0.3, 0.55], [0.1, 0.9, 0.5], [0.4, 0.4, 0.95]]),
+                         max_steps_in_episode=jnp.full((3,), 3))
+    meta_params = {"policy": {"logits": jnp.asarray(BANDIT_THETA)[None]}}
+    key = jax.random.PRNGKey(14)
+    dice = MAMLConfig(inner_steps=1, inner_lr=0.5, estimator="dice")
+    naive = MAMLConfig(inner_steps=1, inner_lr=0.5, estimator="naive")
+
+    @jax.jit
+    def run(mp):
+        def data(task, task_key):  # meta_loss's key plumbing, per task
+            key_inner, key_outer = jax.random.split(task_key)
+            inner = STD_LEARNER.collect(jax.random.split(key_inner, 1)[0], mp["policy"], task)
+            phi, _ = adapt(STD_LEARNER, dice, mp, task, key_inner)
+            outer = STD_LEARNER.collect_outer(key_outer, phi, task)
+            return inner, outer, STD_LEARNER.objective_estimate(outer)
+
+        g_dice = make_meta_gradient(STD_LEARNER, dice)(mp, tasks, key)[1]
+        g_naive = make_meta_gradient(STD_LEARNER, naive)(mp, tasks, key)[1]
+        return g_dice, g_naive, jax.vmap(data)(tasks, jax.random.split(key, 3))
+
+    g_dice, g_naive, (inner, outer, estimates) = run(meta_params)
+    weights, unstandardised = [], []
+    for i in range(3):
+        traj = jax.tree.map(lambda x, i=i: x[i], outer)
+        w, raw = _np_score_weight(traj)
+        weights.append(w)
+        unstandardised.append(raw)
+    weights = np.array(weights)
+    np.testing.assert_allclose(np.asarray(estimates), weights, rtol=1e-5)
+    assert np.all(np.abs(weights / np.array(unstandardised) - 1.0) > 0.1), (weights, unstandardised)
+
+    baselines = (weights.sum() - weights) / 2.0
+    score_grads = np.stack([_np_scores(BANDIT_THETA.astype(np.float64), inner.action[i]).sum(axis=(0, 1))
+                            for i in range(3)])
+    expected = -np.mean((weights - baselines)[:, None] * score_grads, axis=0)
+    got = np.asarray(g_dice["policy"]["logits"][0] - g_naive["policy"]["logits"][0], np.float64)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    assert np.abs(expected).max() > 1e-2

@@ -68,7 +68,12 @@ def test_empty_mask_leaves_stats_unchanged_and_empty_stats_normalize_is_identity
     data = _data(3, 10)
     empty = pp.running_stats_init(3)
     same = pp.running_stats_update(empty, data, np.zeros(10, bool))
-    assert float(same.count) == 0.0 and np.all(np.isfinite(np.asarray(same.mean)))
+    for field in ("count", "mean", "m2"):  # unchanged: count 0, mean 0, m2 0 (no NaN from 0 / 0)
+        np.testing.assert_array_equal(np.asarray(getattr(same, field)), np.asarray(getattr(empty, field)))
+    history = pp.running_stats_update(empty, data[:4])  # and non-empty statistics stay exactly as they were
+    after = pp.running_stats_update(history, data, np.zeros(10, bool))
+    for field in ("count", "mean", "m2"):
+        np.testing.assert_array_equal(np.asarray(getattr(after, field)), np.asarray(getattr(history, field)))
     x = jnp.asarray(data)
     np.testing.assert_allclose(np.asarray(pp.normalize(same, x)), data, rtol=1e-6)
 
@@ -309,17 +314,25 @@ def test_wrapper_with_gymnax_autoreset_step_and_delegation():
 
 
 def test_wrapper_on_navigation_is_transparent_without_bad_values():
+    """With the default config and finite values the wrapper changes nothing: the observation and reward of
+    a step equal the bare family's from the same state and action, and the reward is the hand-computed
+    ``-||(0.1, -0.1) - goal||`` (one step from the origin)."""
     nav = Navigation2D(horizon=5)
     env = pp.PreprocessedFamily(nav)
     assert env.has_optimum and env.horizon == 5 and env.obs_dim() == 2
     task = env.sample_params(jax.random.key(0))
     np.testing.assert_allclose(float(env.optimal_return(task, 5)), float(nav.optimal_return(task, 5)))
+    action = jnp.array([0.1, -0.1])
     obs, state = env.reset_env(jax.random.key(1), task)
-    obs, state, reward, _, info = env.step_env(jax.random.key(2), state, jnp.array([0.1, -0.1]), task)
-    raw_obs, _, raw_reward, _, _ = nav.step_env(jax.random.key(2), state.env_state, jnp.zeros(2), task)
+    obs, state, reward, _, info = env.step_env(jax.random.key(2), state, action, task)
+    _, raw_state = nav.reset_env(jax.random.key(1), task)
+    raw_obs, _, raw_reward, _, _ = nav.step_env(jax.random.key(2), raw_state, action, task)
     np.testing.assert_allclose(np.asarray(obs), [0.1, -0.1])
+    np.testing.assert_array_equal(np.asarray(obs), np.asarray(raw_obs))
     assert int(info["num_nonfinite"]) == 0 and int(state.num_nonfinite) == 0
-    assert np.isfinite(float(reward)) and np.isfinite(float(raw_reward))
+    assert float(reward) == float(raw_reward)
+    goal = np.asarray(task.goal, np.float64)
+    np.testing.assert_allclose(float(reward), -np.linalg.norm(np.array([0.1, -0.1]) - goal), rtol=1e-6)
     bounded = pp.PreprocessedFamily(nav, pp.PreprocessConfig(obs_low=-1.0, obs_high=1.0))
     space = bounded.observation_space(task)
     assert float(space.low) == -1.0 and float(space.high) == 1.0

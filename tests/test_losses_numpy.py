@@ -1,0 +1,196 @@
+"""Loss building blocks against numpy references written here (no optional dependency).
+
+``test_losses_rlax.py`` compares with rlax when it is installed; these references always run:
+
+* discounted returns and GAE(lambda) by their backward recursions, with an episode that
+  terminates in the middle of the segment (later steps masked) and one truncated by the horizon
+  (the last step bootstraps from ``next_values``);
+* masked mean / standardisation and the plain policy-gradient surrogate in numpy;
+* :func:`metarl_jax.losses.dice_surrogate`: its value is the mean discounted return, its gradient
+  and Hessian are the score-function estimators written out in numpy on a tabular policy, and
+  their expectations over every trajectory of a tiny bandit are the exact gradient and Hessian
+  of the expected return.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metarl_jax import losses
+
+GAMMA, LAM = 0.9, 0.8
+E, T = 3, 6
+
+
+def _np_returns(reward, mask, gamma):
+    """``G_t = r_t m_t + gamma G_{t+1}``, ``G_T = 0``."""
+    out = np.zeros_like(reward)
+    running = np.zeros(reward.shape[:-1])
+    for t in reversed(range(reward.shape[-1])):
+        running = reward[..., t] * mask[..., t] + gamma * running
+        out[..., t] = running
+    return out
+
+
+def _np_gae(reward, values, next_values, done, mask, gamma, lam):
+    """``delta_t = r_t + gamma (1 - d_t) V'_t - V_t``; ``A_t = delta_t + gamma lam (1 - d_t) A_{t+1}``, masked."""
+    out = np.zeros_like(reward)
+    running = np.zeros(reward.shape[:-1])
+    for t in reversed(range(reward.shape[-1])):
+        not_done = 1.0 - done[..., t]
+        delta = reward[..., t] + gamma * not_done * next_values[..., t] - values[..., t]
+        running = (delta + gamma * lam * not_done * running) * mask[..., t]
+        out[..., t] = running
+    return out
+
+
+def _episodes():
+    """Episode 0 runs the whole segment (truncated at T), 1 terminates at step 2, 2 at step 4 (the last
+    valid step); steps after a termination are masked. Values of ``T + 1`` states per episode."""
+    rng = np.random.default_rng(0)
+    reward = rng.normal(size=(E, T))
+    values = rng.normal(size=(E, T + 1))
+    done = np.zeros((E, T))
+    done[1, 2] = done[2, 4] = 1.0
+    mask = np.ones((E, T))
+    mask[1, 3:] = mask[2, 5:] = 0.0
+    return reward, values, done, mask
+
+
+def test_discounted_returns_and_gae_match_the_backward_recursions():
+    """Returns and GAE(lambda) (``lambda`` = 0.8, 0 and 1) against the numpy recursions above.
+
+    Also two closed forms: ``lambda = 0`` gives the masked TD error, and ``lambda = 1`` gives
+    ``G_t - V_t`` plus ``gamma^(T-t) V(s_T)`` for the truncated episode (0 for terminated ones).
+    """
+    reward, values, done, mask = _episodes()
+
+    @jax.jit
+    def ours(reward, values, done, mask):
+        gae = lambda lam: losses.gae_advantages(reward, values[:, :-1], values[:, 1:], done.astype(bool), mask,
+                                                GAMMA, lam)
+        return losses.discounted_returns(reward, mask, GAMMA), gae(LAM), gae(0.0), gae(1.0)
+
+    returns, gae, gae0, gae1 = (np.asarray(x, np.float64) for x in ours(
+        *(jnp.asarray(x, jnp.float32) for x in (reward, values, done, mask))))
+    expected_returns = _np_returns(reward, mask, GAMMA)
+    np.testing.assert_allclose(returns, expected_returns, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gae, _np_gae(reward, values[:, :-1], values[:, 1:], done, mask, GAMMA, LAM),
+                               rtol=1e-5, atol=1e-5)
+    td = (reward + GAMMA * (1 - done) * values[:, 1:] - values[:, :-1]) * mask
+    np.testing.assert_allclose(gae0, td, rtol=1e-5, atol=1e-5)
+    bootstrap = np.zeros((E, T))
+    bootstrap[0] = GAMMA ** (T - np.arange(T)) * values[0, T]  # only the truncated episode bootstraps
+    np.testing.assert_allclose(gae1, (expected_returns - values[:, :-1] + bootstrap) * mask, rtol=1e-5, atol=1e-5)
+    # By hand, episode 1 (terminates at step 2): G_2 = r_2, G_0 = r_0 + gamma r_1 + gamma^2 r_2; nothing after.
+    np.testing.assert_allclose(returns[1, :3], [reward[1, 0] + GAMMA * reward[1, 1] + GAMMA**2 * reward[1, 2],
+                                                reward[1, 1] + GAMMA * reward[1, 2], reward[1, 2]], rtol=1e-5)
+    np.testing.assert_array_equal(returns[1, 3:], 0.0)
+
+
+def test_masked_statistics_and_policy_gradient_surrogate_match_numpy():
+    """``masked_mean``, ``standardize`` (population std over the valid entries, 0 elsewhere) and
+    ``policy_gradient_surrogate = 1/E sum logp A m`` against numpy on the valid entries only."""
+    reward, values, _, mask = _episodes()
+    x, logp = reward, values[:, :-1]
+    mean, standardized, surrogate = (np.asarray(v, np.float64) for v in jax.jit(
+        lambda x, logp, m: (losses.masked_mean(x, m), losses.standardize(x, m),
+                            losses.policy_gradient_surrogate(logp, x, m)))(
+        jnp.asarray(x, jnp.float32), jnp.asarray(logp, jnp.float32), jnp.asarray(mask, jnp.float32)))
+    valid = x[mask > 0]
+    np.testing.assert_allclose(mean, valid.mean(), rtol=1e-5)
+    np.testing.assert_allclose(standardized, np.where(mask > 0, (x - valid.mean()) / valid.std(), 0.0), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(surrogate, np.sum(logp * x * mask) / E, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- DiCE
+
+S, A = 2, 3
+THETA = np.array([[0.3, -0.5, 0.1], [-0.2, 0.4, 0.0]])
+
+
+def _log_softmax(theta):
+    return theta - np.log(np.sum(np.exp(theta), axis=-1, keepdims=True))
+
+
+def _tabular_logp(theta, states, actions):
+    """``log pi_theta(a | s) = log softmax(theta[s])[a]`` (jax, the function being differentiated)."""
+    return jnp.take_along_axis(jax.nn.log_softmax(theta[states], axis=-1), actions[..., None], axis=-1)[..., 0]
+
+
+def test_dice_surrogate_value_gradient_and_hessian_are_the_score_function_estimators():
+    """On one batch (3 episodes, 4 steps, two terminate early), in numpy:
+
+    value ``1/E sum_{e,t} gamma^t r m``; gradient ``1/E sum_{e,t} gamma^t r_t m_t sum_{u<=t} m_u g_u``
+    with ``g_u = d log pi(a_u|s_u) / d theta`` (row ``s_u``: ``e_{a_u} - pi(s_u)``); Hessian
+    ``1/E sum_{e,t} gamma^t r_t m_t [(sum_{u<=t} m_u g_u)(sum_{u<=t} m_u g_u)^T + sum_{u<=t} m_u h_u]``
+    with ``h_u`` the block ``-(diag(pi) - pi pi^T)`` of state ``s_u``. Per-step causality: a
+    reward is weighed by the scores of the steps up to it only.
+    """
+    gamma, n_ep, horizon = 0.8, 3, 4
+    rng = np.random.default_rng(1)
+    states = rng.integers(0, S, size=(n_ep, horizon))
+    actions = rng.integers(0, A, size=(n_ep, horizon))
+    reward = rng.normal(size=(n_ep, horizon))
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], np.float64)
+
+    def dice(theta):
+        return losses.dice_surrogate(_tabular_logp(theta, states, actions), jnp.asarray(reward, theta.dtype),
+                                     jnp.asarray(mask, theta.dtype), gamma)
+
+    with jax.enable_x64(True):
+        theta = jnp.asarray(THETA)
+        value, grad, hess = jax.jit(lambda t: (dice(t), jax.grad(dice)(t), jax.hessian(dice)(t)))(theta)
+    value, grad, hess = np.asarray(value), np.asarray(grad).reshape(-1), np.asarray(hess).reshape(S * A, S * A)
+
+    pi = np.exp(_log_softmax(THETA))
+    weights = gamma ** np.arange(horizon) * reward * mask  # [E, T]
+    expected_grad, expected_hess = np.zeros(S * A), np.zeros((S * A, S * A))
+    for e in range(n_ep):
+        score_sum, hess_sum = np.zeros(S * A), np.zeros((S * A, S * A))
+        for t in range(horizon):
+            s, a = states[e, t], actions[e, t]
+            g = np.zeros((S, A))
+            g[s] = np.eye(A)[a] - pi[s]
+            h = np.zeros((S, A, S, A))
+            h[s, :, s, :] = -(np.diag(pi[s]) - np.outer(pi[s], pi[s]))
+            score_sum = score_sum + mask[e, t] * g.reshape(-1)
+            hess_sum = hess_sum + mask[e, t] * h.reshape(S * A, S * A)
+            expected_grad += weights[e, t] * score_sum / n_ep
+            expected_hess += weights[e, t] * (np.outer(score_sum, score_sum) + hess_sum) / n_ep
+    np.testing.assert_allclose(value, np.sum(weights) / n_ep, rtol=1e-12)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(hess, expected_hess, rtol=1e-10, atol=1e-12)
+
+
+def test_dice_surrogate_is_unbiased_for_the_gradient_and_hessian_of_the_expected_return():
+    """Over every trajectory of a 1-state, 2-action bandit (horizon 3, reward ``R[a_t]``, gamma 0.7):
+    ``sum_tau p(tau) grad^k DiCE(tau) = grad^k J`` for k = 0, 1, 2, with ``J(theta) = sum_tau p(tau) R(tau)``
+    enumerated exactly (autodiff of the enumeration, not of the surrogate)."""
+    gamma, horizon, rewards = 0.7, 3, np.array([1.0, -0.5])
+    trajectories = np.array(list(itertools.product(range(2), repeat=horizon)))  # [8, 3]
+    discounts = gamma ** np.arange(horizon)
+
+    with jax.enable_x64(True):
+        def exact(theta):
+            logp = jax.nn.log_softmax(theta)[trajectories]  # [8, 3]
+            return jnp.sum(jnp.exp(jnp.sum(logp, axis=1)) * (rewards[trajectories] @ discounts))
+
+        def expected_dice(theta):
+            """``sum_tau p(tau) DiCE(tau)`` with ``p(tau)`` held constant: derivatives act on DiCE only."""
+            prob = jax.lax.stop_gradient(jnp.exp(jnp.sum(jax.nn.log_softmax(theta)[trajectories], axis=1)))
+            per_tau = jax.vmap(lambda a: losses.dice_surrogate(jax.nn.log_softmax(theta)[a][None],
+                                                               jnp.asarray(rewards)[a][None],
+                                                               jnp.ones((1, horizon)), gamma))(trajectories)
+            return jnp.sum(prob * per_tau)
+
+        theta = jnp.asarray([0.4, -0.3])
+        both = jax.jit(lambda t: [(f(t), jax.grad(f)(t), jax.hessian(f)(t)) for f in (exact, expected_dice)])(theta)
+    (j, gj, hj), (d, gd, hd) = jax.tree.map(np.asarray, both)
+    np.testing.assert_allclose(d, j, rtol=1e-12)
+    np.testing.assert_allclose(gd, gj, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(hd, hj, rtol=1e-10, atol=1e-12)
+    assert np.abs(gj).max() > 1e-2 and np.abs(hj).max() > 1e-2

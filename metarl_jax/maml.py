@@ -178,6 +178,9 @@ def adapt(
     (:mod:`metarl_jax.actor_critic`).
     """
     check_estimator(learner, config.estimator)
+    if inner_optimizer is not None and "inner_lr" in meta_params:
+        raise ValueError("inner_optimizer is invalid with learned inner step sizes (meta_params['inner_lr'], "
+                         "learn_inner_lr=True): the optimizer would ignore them; use one or the other")
     theta = meta_params["policy"]
     lr = meta_params.get("inner_lr", config.inner_lr)
     opt_state = inner_optimizer.init(theta) if inner_optimizer is not None else None

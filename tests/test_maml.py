@@ -414,6 +414,14 @@ def test_optax_sgd_inner_optimizer_equals_plain_sgd_by_hand():
     assert np.abs(expected - BANDIT_THETA).min() > 1e-2
 
 
+def test_inner_optimizer_with_learned_inner_rates_is_refused():
+    """Meta-SGD rates and an optax inner optimizer cannot both set the step: the optimizer would ignore the
+    rates (their meta-gradient would be zero), so ``adapt`` refuses the pair, naming the field."""
+    meta_params = {"policy": {"logits": jnp.asarray(BANDIT_THETA)[None]}, "inner_lr": {"logits": jnp.ones((1, 3))}}
+    with pytest.raises(ValueError, match="inner_optimizer is invalid with learned inner step sizes"):
+        _adapted_logits(MAMLConfig(inner_steps=1, inner_lr=0.3), meta_params, jax.random.PRNGKey(0), optax.sgd(0.3))
+
+
 def test_optax_adam_inner_optimizer_equals_adam_by_hand():
     """``adapt(..., inner_optimizer=optax.adam(lr))``, K = 2, against Adam written out in numpy.
 

@@ -166,3 +166,16 @@ def test_headroom_closed_matches_hand_computed_fractions():
     assert all(lo <= f + 1e-12 and f <= hi + 1e-12 for lo, f, hi in zip(out["ci_low"], out["fraction"], out["ci_high"]))
     with pytest.raises(ValueError, match="shape"):
         headroom_closed(adapted, reference[:1], optimum)
+
+
+def test_estimated_optimum_is_the_step_with_the_best_mean_over_every_curve():
+    """``best_column`` picks, over every curve and step, the column of per-task returns with the largest mean
+    (a path that diverges after its best step does not pull the estimate down), and names it."""
+    long_path = np.array([[1.0, 5.0, -40.0], [3.0, 7.0, -60.0]])   # means 2, 6, -50: best at k=1
+    maml = np.array([[4.0, 6.5], [4.0, 4.5]])                       # means 4, 5.5
+    column, source = benchmark_adaptation.best_column({"maml, 40 steps": long_path, "maml": maml})
+    np.testing.assert_array_equal(column, [5.0, 7.0])
+    assert source == "maml, 40 steps at k=1"
+    column, source = benchmark_adaptation.best_column({"a": long_path[:, :1], "maml": maml})
+    np.testing.assert_array_equal(column, [6.5, 4.5])
+    assert source == "maml at k=1"

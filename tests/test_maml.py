@@ -104,6 +104,7 @@ def test_first_order_is_second_order_without_the_inner_hessian():
             np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow  # the update and its meta-gradient by hand: test_meta_sgd_inner_steps_are_theta_minus_rate_...
 def test_meta_sgd_learns_per_parameter_rates_and_jit_agrees():
     config = MAMLConfig(inner_steps=1, inner_lr=0.3, learn_inner_lr=True, estimator="dice")
     meta_params = _random_init(jax.random.PRNGKey(7), init_meta_params(jax.random.PRNGKey(0), LEARNER, config))
@@ -146,7 +147,7 @@ def test_remat_gives_identical_meta_gradients():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("inner_steps", [1, 2])
+@pytest.mark.parametrize("inner_steps", [1, pytest.param(2, marks=pytest.mark.slow)])  # K > 1 sums: FD test [3]
 def test_shared_forward_dice_equals_separate_passes(inner_steps):
     """``inner_grad_and_log_prob`` (one forward pass) gives the meta-gradient of the three separate passes.
 
@@ -181,8 +182,11 @@ def test_shared_forward_dice_equals_separate_passes(inner_steps):
         assert float(jnp.max(jnp.abs(g_naive - g_shared))) > 1e-3
 
 
-@pytest.mark.parametrize("estimator, score_baseline", [("dice", "leave_one_out"), ("dice", "none"),
-                                                       ("first_order", "leave_one_out")])
+@pytest.mark.parametrize("estimator, score_baseline", [
+    ("dice", "leave_one_out"),
+    pytest.param("dice", "none", marks=pytest.mark.slow),  # chunking is the same sum as with leave_one_out
+    ("first_order", "leave_one_out"),
+])
 def test_accumulated_chunks_equal_the_whole_batch_gradient(estimator, score_baseline):
     """``accumulate_chunks``: 5 tasks in chunks of 2 (a scan of 2 chunks plus a last chunk of 1)
     give the meta-gradient, loss and metrics of one vmapped batch (float64, to rounding),

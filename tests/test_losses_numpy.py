@@ -194,3 +194,41 @@ def test_dice_surrogate_is_unbiased_for_the_gradient_and_hessian_of_the_expected
     np.testing.assert_allclose(gd, gj, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(hd, hj, rtol=1e-10, atol=1e-12)
     assert np.abs(gj).max() > 1e-2 and np.abs(hj).max() > 1e-2
+
+
+def test_discounted_returns_accept_leading_batch_axes():
+    """``[..., T]``: a ``[2, E, T]`` batch gives the numpy recursion per row (the horizon is the last axis)."""
+    reward, _, _, mask = _episodes()
+    batch_reward, batch_mask = np.stack([reward, -2.0 * reward]), np.stack([mask, mask[::-1]])
+    got = np.asarray(losses.discounted_returns(jnp.asarray(batch_reward), jnp.asarray(batch_mask), GAMMA))
+    np.testing.assert_allclose(got, _np_returns(batch_reward, batch_mask, GAMMA), rtol=1e-5, atol=1e-6)
+
+
+def test_linear_feature_baseline_is_the_ridge_fit_of_rllabs_features_in_numpy():
+    """rllab's features ``[o, o^2, t/100, (t/100)^2, (t/100)^3, 1]`` (``o`` clipped to [-10, 10]) built here in
+    numpy, ridge ``reg (1 + tr(X^T X) / F)``, solved in float64 over the valid steps only: the baseline is
+    ``X w`` on valid steps and 0 on masked ones. Returns are a known function of the features plus noise, so
+    the fit is close to them too (a missing or wrong feature would not be)."""
+    rng = np.random.default_rng(3)
+    n_ep, horizon, dim = 4, 7, 2
+    obs = rng.normal(size=(n_ep, horizon, dim)) * 3.0
+    obs[0, 0, 0] = 25.0                                   # clipped to 10
+    mask = np.ones((n_ep, horizon))
+    mask[1, 4:] = mask[3, 2:] = 0.0
+    t = np.broadcast_to((np.arange(horizon) / 100.0)[None, :, None], (n_ep, horizon, 1))
+    o = np.clip(obs, -10.0, 10.0)
+    feats = np.concatenate([o, o * o, t, t**2, t**3, np.ones_like(t)], axis=-1)
+    true_w = rng.normal(size=feats.shape[-1])
+    returns = feats @ true_w + 0.01 * rng.normal(size=(n_ep, horizon))
+    x = (feats * mask[..., None]).reshape(-1, feats.shape[-1])
+    xtx = x.T @ x
+    ridge = 1e-5 * (1.0 + np.trace(xtx) / xtx.shape[0])
+    w = np.linalg.solve(xtx + ridge * np.eye(xtx.shape[0]), x.T @ (returns * mask).reshape(-1))
+    expected = (feats @ w) * mask
+    got = np.asarray(losses.linear_feature_baseline(jnp.asarray(obs, jnp.float32), jnp.asarray(returns, jnp.float32),
+                                                   jnp.asarray(mask, jnp.float32)))
+    assert got.shape == (n_ep, horizon)
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3)
+    assert np.all(got[mask == 0] == 0.0)
+    valid = mask == 1
+    np.testing.assert_allclose(got[valid], returns[valid], atol=0.05)

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: run test install install-dev bench gpu-wheels clean
+.PHONY: run test test-all install install-dev bench mutation gpu-wheels clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,26 @@ run: $(VENV)/.installed
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
+## Every test, the `slow` ones included (their property is also covered by a faster default test).
+test-all: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "slow or not slow" tests
+
 ## Throughput benchmark (prints JSON lines).
 bench: $(VENV)/.installed
 	$(PY) -m experiments.benchmark_speed
+
+## Mutation testing (cosmic-ray) of the core modules, module by module, each with the tests that cover it
+## (table in benchmarks/mutation.py): a random sample of SAMPLE mutants per module drawn with SEED
+## (SAMPLE=all runs every mutant), JOBS copies side by side. One module:
+##   make mutation MODULE=metarl_jax/losses.py SAMPLE=40
+## Prints a JSON line per module; survivors go to .mutation/<module>.md. Not part of `make test`.
+MODULE ?=
+SAMPLE ?= 20
+SEED   ?= 0
+JOBS   ?= 2
+mutation: $(STAMP)
+	$(PY) -m benchmarks.mutation $(if $(MODULE),--module $(MODULE)) \
+		$(if $(filter all,$(SAMPLE)),,--sample $(SAMPLE)) --seed $(SEED) --jobs $(JOBS)
 
 ## Wheels the GPU image lacks (gymnax, gymnasium), for `bash benchmarks/gpu_run.sh` there (Python 3.12).
 gpu-wheels: $(VENV)/.installed

@@ -108,3 +108,20 @@ def test_cartpole_mask_is_zero_after_the_first_termination():
     # CartPole pays 1 per step while the pole is up: the masked return is the episode's length.
     np.testing.assert_allclose(np.asarray(traj.episode_returns(1.0)), first_done + 1)
     np.testing.assert_array_equal(np.asarray(traj.next_obs)[:, :-1], np.asarray(traj.obs)[:, 1:])
+
+
+def test_episode_returns_and_sizes_of_a_batch_of_trajectories():
+    """``Trajectory.episode_returns(gamma)`` is ``sum_t gamma^t r_t mask_t`` per episode (numpy), undiscounted by
+    default; on a ``[N, E, T]`` batch (a vmap over tasks) ``horizon`` and ``num_episodes`` are the last two axes."""
+    family = make_family("cartpole", horizon=12)
+    policy = CategoricalPolicy(num_actions=2, hidden_sizes=(4,))
+    params = policy.init(jax.random.PRNGKey(0), family.obs_dim())
+    tasks = sample_tasks(family, jax.random.PRNGKey(1), 3)
+    traj = jax.jit(jax.vmap(lambda t, k: rollout(k, family, policy, params, t, 5, 12)))(
+        tasks, jax.random.split(jax.random.PRNGKey(2), 3))
+    assert (traj.horizon, traj.num_episodes) == (12, 5) and traj.reward.shape == (3, 5, 12)
+    reward, mask = np.asarray(traj.reward, np.float64), np.asarray(traj.mask, np.float64)
+    np.testing.assert_allclose(np.asarray(traj.episode_returns()), (reward * mask).sum(-1), rtol=1e-6)
+    discounts = 0.5 ** np.arange(12)
+    np.testing.assert_allclose(np.asarray(traj.episode_returns(0.5)), (reward * mask * discounts).sum(-1), rtol=1e-6)
+    assert np.ptp((reward * mask).sum(-1)) > 0  # episodes of different lengths: the mask matters

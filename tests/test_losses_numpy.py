@@ -232,3 +232,21 @@ def test_linear_feature_baseline_is_the_ridge_fit_of_rllabs_features_in_numpy():
     assert np.all(got[mask == 0] == 0.0)
     valid = mask == 1
     np.testing.assert_allclose(got[valid], returns[valid], atol=0.05)
+
+
+def test_td_errors_td_loss_and_lvc_values_match_numpy():
+    """Values, not only gradients: ``td_errors`` on ``[E, T]`` steps with ``[E, T, A]`` next-state Q-values
+    (the max over the last axis), ``td_loss = 1/2`` masked mean of squares, and the LVC surrogate's value
+    ``1/E sum_{e,t} A m`` (its magic box is 1 in value)."""
+    rng = np.random.default_rng(5)
+    reward, _, done, mask = _episodes()
+    q_sa, next_q = rng.normal(size=(E, T)), rng.normal(size=(E, T, 4))
+    expected_td = reward + GAMMA * (1.0 - done) * next_q.max(-1) - q_sa
+    td = np.asarray(losses.td_errors(jnp.asarray(q_sa), jnp.asarray(reward), jnp.asarray(done, bool),
+                                     jnp.asarray(next_q), GAMMA))
+    np.testing.assert_allclose(td, expected_td, rtol=1e-5, atol=1e-6)
+    loss = float(losses.td_loss(jnp.asarray(expected_td), jnp.asarray(mask)))
+    np.testing.assert_allclose(loss, 0.5 * (expected_td**2 * mask).sum() / mask.sum(), rtol=1e-5)
+    advantages, logp = rng.normal(size=(E, T)), rng.normal(size=(E, T))
+    value = float(losses.lvc_surrogate(jnp.asarray(logp), jnp.asarray(advantages), jnp.asarray(mask)))
+    np.testing.assert_allclose(value, (advantages * mask).sum() / E, rtol=1e-5, atol=1e-6)

@@ -16,7 +16,7 @@ Per module this driver:
 2. runs the module's tests (the :data:`TESTS` table: the fastest tests that exercise it) once
    unmutated; they must pass (and must import the copy's ``metarl_jax``), and their time sets the
    per-mutant timeout (``--timeout-factor`` x baseline + 30 s);
-3. ``cosmic-ray init`` generates every mutant of the module; then three kinds are left out, and
+3. ``cosmic-ray init`` generates every mutant of the module; then four kinds are left out, and
    counted in ``left_out``: mutants on lines marked ``# pragma: no mutate`` (``cr-filter-pragma``;
    for mutants triaged as equivalent), mutants inside annotations (every core module has
    ``from __future__ import annotations``, so annotations are never evaluated: ``int | bool`` ->
@@ -46,7 +46,7 @@ Usage::
     python -m benchmarks.mutation                                  # all core modules, full runs
     python -m benchmarks.mutation --module metarl_jax/losses.py --sample 40 --seed 0
     python -m benchmarks.mutation --list                           # the module -> tests table
-    make mutation [MODULE=metarl_jax/losses.py] [SAMPLE=40] [SEED=0] [JOBS=1]
+    make mutation [MODULE=metarl_jax/losses.py] [SAMPLE=40] [SEED=0] [JOBS=2]
 """
 
 from __future__ import annotations

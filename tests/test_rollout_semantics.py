@@ -125,3 +125,32 @@ def test_episode_returns_and_sizes_of_a_batch_of_trajectories():
     discounts = 0.5 ** np.arange(12)
     np.testing.assert_allclose(np.asarray(traj.episode_returns(0.5)), (reward * mask * discounts).sum(-1), rtol=1e-6)
     assert np.ptp((reward * mask).sum(-1)) > 0  # episodes of different lengths: the mask matters
+
+
+def test_actions_and_environment_noise_use_the_documented_independent_keys():
+    """The rollout's random streams, replayed here from its documented derivation: ``key -> (key_reset,
+    key_steps)``; per step ``t``, ``split(split(key_steps, T)[t]) -> (key_action_t, key_env_t)``; the action of
+    step ``t`` is ``policy.sample(key_action_t, params, obs_t)`` and episode ``e``'s environment step uses
+    ``split(key_env_t, E)[e]``. A 3-armed Bernoulli bandit (arm probabilities 0.5, so every reward is a coin
+    flip of the environment key) and a uniform tabular policy: actions and rewards must both be replayed
+    exactly, so a rollout that drew actions and environment noise from the same key fails."""
+    from metarl_jax.networks import TabularPolicy
+
+    num_episodes, horizon = 6, 8
+    family = make_family("bandit", num_arms=3, horizon=horizon)
+    task = family.default_params.replace(probs=jnp.full((3,), 0.5))
+    policy = TabularPolicy(1, 3)
+    params = policy.init(jax.random.PRNGKey(0), family.obs_dim())
+    key = jax.random.PRNGKey(11)
+    traj = rollout(key, family, policy, params, task, num_episodes, horizon)
+    _, key_steps = jax.random.split(key)
+    step_keys = jax.vmap(jax.random.split)(jax.random.split(key_steps, horizon))
+    for t in range(horizon):
+        key_action, key_env = step_keys[t, 0], step_keys[t, 1]
+        expected_action = policy.sample(key_action, params, traj.obs[:, t])
+        np.testing.assert_array_equal(np.asarray(traj.action[:, t]), np.asarray(expected_action))
+        env_keys = jax.random.split(key_env, num_episodes)
+        expected_reward = jax.vmap(lambda k, a: jax.random.bernoulli(k, 0.5).astype(jnp.float32))(env_keys,
+                                                                                               expected_action)
+        np.testing.assert_array_equal(np.asarray(traj.reward[:, t]), np.asarray(expected_reward))
+    assert len(np.unique(np.asarray(traj.action))) == 3 and 0 < float(np.asarray(traj.reward).mean()) < 1

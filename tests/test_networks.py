@@ -100,3 +100,23 @@ def test_categorical_and_tabular_log_probs_are_log_softmax_in_numpy():
     np.testing.assert_allclose(np.asarray(entropy), -np.sum(np.exp(log_pi) * log_pi, axis=-1), rtol=1e-5, atol=1e-6)
     log_table = log_softmax(table["logits"])
     np.testing.assert_allclose(np.asarray(logp_tab), log_table[states, action], rtol=1e-6)
+
+
+def test_policy_constructors_validate_sizes_and_defaults():
+    """Sizes are checked where the policy is built, naming the field: a tabular policy needs >= 2 actions and
+    one-hot observations of length ``num_states`` (2 actions and a matching length are accepted); the Gaussian
+    policy's default mean network is Finn et al.'s two hidden layers of 100 units."""
+    import pytest
+
+    with pytest.raises(ValueError, match="num_actions=1 is invalid"):
+        TabularPolicy(3, 1)
+    with pytest.raises(ValueError, match="num_states=0 is invalid"):
+        TabularPolicy(0, 2)
+    tabular = TabularPolicy(3, 2)
+    assert tabular.init(jax.random.PRNGKey(0), 3)["logits"].shape == (3, 2)
+    for wrong in (2, 4):
+        with pytest.raises(ValueError, match=f"obs_dim={wrong} does not match num_states=3"):
+            tabular.init(jax.random.PRNGKey(0), wrong)
+    params = GaussianPolicy(action_dim=2).init(jax.random.PRNGKey(0), 5)
+    kernels = [leaf.shape for leaf in jax.tree.leaves(params["mean"]) if leaf.ndim == 2]
+    assert kernels == [(5, 100), (100, 100), (100, 2)] and params["log_std"].shape == (2,)

@@ -111,6 +111,12 @@ TESTS: dict[str, list[str]] = {
         "tests/test_estimators.py",
         "tests/test_maml.py::test_second_order_meta_gradient_matches_finite_differences[1]",
         "tests/test_maml.py::test_first_order_is_second_order_without_the_inner_hessian",
+        "tests/test_maml.py::test_leave_one_out_score_baseline_by_hand_and_zero_for_a_single_task",
+        "tests/test_maml.py::test_task_metrics_report_the_first_inner_steps_loss_and_return",
+        "tests/test_maml.py::test_config_validation_names_the_field",
+        "tests/test_benchmark_speed.py",  # auto_task_chunk
+        "tests/test_maml.py::test_accumulated_chunks_equal_the_whole_batch_gradient",  # chunked accumulation
+        "tests/test_train.py::test_iteration_count_not_a_multiple_of_the_chunk_is_exact",  # the train step
     ],
     "metarl_jax/outer.py": [
         "tests/test_outer.py",

@@ -128,6 +128,8 @@ def test_config_validation_names_the_field():
         MAMLConfig(estimator="maml")
     with pytest.raises(ValueError, match="inner_lr=-0.1"):
         MAMLConfig(inner_lr=-0.1)
+    with pytest.raises(ValueError, match="inner_lr=0.0"):  # a zero step would never adapt
+        MAMLConfig(inner_lr=0.0)
     with pytest.raises(ValueError, match="inner_steps=0"):
         MAMLConfig(inner_steps=0)
     with pytest.raises(ValueError, match="horizon=0"):
@@ -521,3 +523,30 @@ def test_pg_dice_score_term_is_weighed_by_the_standardised_objective_estimate():
     got = np.asarray(g_dice["policy"]["logits"][0] - g_naive["policy"]["logits"][0], np.float64)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
     assert np.abs(expected).max() > 1e-2
+
+
+def test_leave_one_out_score_baseline_by_hand_and_zero_for_a_single_task():
+    """``b_i = (sum_j V_j - V_i) / (N - 1)``: for V = (1, 2, 6), b = (4, 3.5, 1.5); with one task there is no
+    other task to average, so the baseline is 0 (not a division by zero); ``"none"`` is always 0."""
+    from metarl_jax.maml import score_baseline_values
+
+    np.testing.assert_allclose(score_baseline_values(jnp.array([1.0, 2.0, 6.0]), "leave_one_out"), [4.0, 3.5, 1.5])
+    np.testing.assert_array_equal(score_baseline_values(jnp.array([5.0]), "leave_one_out"), [0.0])
+    np.testing.assert_array_equal(score_baseline_values(jnp.array([1.0, 2.0]), "none"), [0.0, 0.0])
+
+
+def test_task_metrics_report_the_first_inner_steps_loss_and_return():
+    """``task_meta_objective``'s metrics: ``inner_loss`` and ``pre_adaptation_return`` are those of the first
+    inner step (on theta's own data), replayed with ``adapt`` on the same key split; K = 3 so the first and
+    last steps differ."""
+    from metarl_jax.maml import task_meta_objective
+
+    config = MAMLConfig(inner_steps=3, inner_lr=0.5, estimator="dice")
+    meta_params = {"policy": {"logits": jnp.asarray(BANDIT_THETA)[None]}}
+    key = jax.random.PRNGKey(21)
+    _, _, _, metrics = jax.jit(lambda k: task_meta_objective(BANDIT_LEARNER, config, meta_params, BANDIT_TASK, k))(key)
+    _, info = jax.jit(lambda k: adapt(BANDIT_LEARNER, config, meta_params, BANDIT_TASK, k))(jax.random.split(key)[0])
+    losses_k = np.asarray(info.inner_losses)
+    assert abs(losses_k[0] - losses_k[-1]) > 1e-4
+    np.testing.assert_allclose(float(metrics["inner_loss"]), losses_k[0], rtol=1e-6)
+    np.testing.assert_allclose(float(metrics["pre_adaptation_return"]), float(info.inner_returns[0]), rtol=1e-6)

@@ -129,8 +129,18 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     live = tmp_path / f".tmp-step_00000004-{host}-{os.getppid()}-xyz"  # a live process: keep
     stale.write_bytes(b"partial")
     live.write_bytes(b"partial")
+    # More names of both kinds, in whatever order the directory lists them: every stale temporary goes, even
+    # after names that are not this host's temporaries (another host's, finished checkpoints, other files).
+    more_stale = [tmp_path / f".tmp-step_0000000{i}-{host}-{dead_pid}-s{i}" for i in range(1, 4)]
+    others = [tmp_path / f".tmp-step_00000004-otherhost-{dead_pid}-xyz", tmp_path / "notes.txt",
+              tmp_path / ".tmp-unrelated"]
+    for path in more_stale + others:
+        path.write_bytes(b"partial")
+    for step in (1, 2):
+        ckpt.save_checkpoint(tmp_path, step, {"x": jnp.float32(step)})
     ckpt.save_checkpoint(tmp_path, 5, {"x": jnp.float32(5.0)})
     assert not stale.exists() and live.exists()
+    assert not any(path.exists() for path in more_stale) and all(path.exists() for path in others)
 
 
 def test_corrupt_latest_falls_back_to_previous(tmp_path):

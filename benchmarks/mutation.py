@@ -102,6 +102,7 @@ TESTS: dict[str, list[str]] = {
         "tests/test_rollout_unroll.py",
     ],
     "metarl_jax/learners.py": [
+        "tests/test_learners_numpy.py",
         "tests/test_maml.py::test_pg_dice_score_term_is_weighed_by_the_standardised_objective_estimate",
         "tests/test_estimators.py",
         "tests/test_rollout_unroll.py",

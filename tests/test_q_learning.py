@@ -406,3 +406,35 @@ def test_q_network_validation():
         TabularQNetwork(3, 2).init(jax.random.PRNGKey(0), 5)
     with pytest.raises(ValueError, match="activation='gelu'"):
         MLPQNetwork(2, (8,), "gelu")
+
+
+def test_q_policies_on_batched_states_match_numpy_and_config_bounds_are_inclusive():
+    """On a ``[2, 5, S]`` batch of one-hot states (leading axes kept), from a Q-table ``q`` written here:
+    Boltzmann ``log softmax(q[s] / tau)``, epsilon-greedy ``log((1 - eps) 1[a = argmax] + eps / A)``, uniform
+    ``-log A``, and the entropy ``-sum p log p`` per state. ``epsilon`` may be 0 (greedy) or 1 (uniform):
+    the bounds are inclusive; outside them the field is named."""
+    from metarl_jax.q_learning import QConfig, QPolicy, TabularQNetwork
+
+    num_states, num_actions = 4, 3
+    q_table = np.array([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0], [0.0, 0.0, 3.0], [-1.0, 1.0, 0.2]], np.float32)
+    states = np.array([[0, 1, 2, 3, 0], [3, 2, 1, 1, 2]])                  # leading axes differ from A = 3
+    obs = jnp.asarray(np.eye(num_states, dtype=np.float32)[states])
+    params = {"q": jnp.asarray(q_table)}
+    network = TabularQNetwork(num_states, num_actions)
+    q = q_table[states].astype(np.float64)                                  # [2, 5, A]
+    boltzmann = q / 0.5 - np.log(np.exp(q / 0.5).sum(-1, keepdims=True))
+    greedy = (q == q.max(-1, keepdims=True)).astype(np.float64)
+    eps_greedy = np.log((1 - 0.2) * greedy + 0.2 / num_actions)
+    cases = [(QPolicy(network, "boltzmann", temperature=0.5), boltzmann),
+             (QPolicy(network, "epsilon_greedy", epsilon=0.2), eps_greedy),
+             (QPolicy(network, "uniform"), np.full(q.shape, -np.log(num_actions)))]
+    for policy, expected in cases:
+        got = np.asarray(policy.log_probs_all(params, obs))
+        assert got.shape == (2, 5, num_actions)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(policy.entropy(params, obs)), -(np.exp(expected) * expected).sum(-1),
+                                   rtol=1e-5, atol=1e-6)
+    for epsilon in (0.0, 1.0):
+        assert QConfig(epsilon=epsilon).epsilon == epsilon
+    with pytest.raises(ValueError, match="epsilon"):
+        QConfig(epsilon=1.5)

@@ -389,3 +389,20 @@ def test_sigkill_mid_save_never_breaks_latest(tmp_path):
         last_step = step
         assert len(ckpt.list_checkpoints(directory)) <= 3
     assert last_step >= 3
+
+
+def test_liveness_probe_sends_signal_zero_only(monkeypatch):
+    """``_pid_alive`` asks the kernel with signal 0 (a probe that delivers nothing, never a real signal to
+    another process); no such process -> dead, someone else's process (no permission) -> alive."""
+    calls = []
+
+    def fake_kill(pid, sig):
+        calls.append((pid, sig))
+        if pid == 1:
+            raise PermissionError
+        if pid == 2:
+            raise ProcessLookupError
+
+    monkeypatch.setattr(ckpt.os, "kill", fake_kill)
+    assert ckpt._pid_alive(1) is True and ckpt._pid_alive(2) is False and ckpt._pid_alive(3) is True
+    assert calls == [(1, 0), (2, 0), (3, 0)]

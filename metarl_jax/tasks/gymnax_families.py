@@ -445,11 +445,11 @@ class TargetAcrobot(acrobot.Acrobot):
         return AcrobotTargetParams(available_torque=jnp.array([-1.0, 0.0, +1.0]))
 
     def step_env(self, key, state, action, params):
-        obs, next_state, _, _, info = super().step_env(key, state, action, params)
+        # gymnax's step asks ``self.is_terminated`` (overridden below), so ``done`` is never set early.
+        obs, next_state, _, done, info = super().step_env(key, state, action, params)
         closeness = jnp.exp(-0.5 * jnp.square(
             (acrobot_tip_height(next_state, params) - params.target_height) / params.target_width))
-        done = self.is_terminated(next_state, params)
-        return obs, next_state, closeness, done, {"discount": self.discount(next_state, params)}
+        return obs, next_state, closeness, done, info
 
     def is_terminated(self, state, params) -> jax.Array:
         """Never: the episode runs to the horizon (``is_truncated``)."""

@@ -101,13 +101,13 @@ TESTS: dict[str, list[str]] = {
         "tests/test_estimators.py",
         "tests/test_rollout_unroll.py",
     ],
-    "metarl_jax/learners.py": [
+    "metarl_jax/learners/pg.py": [
         "tests/test_learners_numpy.py",
         "tests/test_maml.py::test_pg_dice_score_term_is_weighed_by_the_standardised_objective_estimate",
         "tests/test_estimators.py",
         "tests/test_rollout_unroll.py",
     ],
-    "metarl_jax/maml.py": [
+    "metarl_jax/algorithms/maml.py": [
         *_MAML_DIRECT,
         "tests/test_estimators.py",
         "tests/test_maml.py::test_second_order_meta_gradient_matches_finite_differences[1]",
@@ -119,19 +119,19 @@ TESTS: dict[str, list[str]] = {
         "tests/test_maml.py::test_accumulated_chunks_equal_the_whole_batch_gradient",  # chunked accumulation
         "tests/test_train.py::test_iteration_count_not_a_multiple_of_the_chunk_is_exact",  # the train step
     ],
-    "metarl_jax/outer.py": [
+    "metarl_jax/algorithms/outer.py": [
         "tests/test_outer.py",
     ],
-    "metarl_jax/q_learning.py": [
+    "metarl_jax/learners/q_learning.py": [
         "tests/test_q_learning.py",
     ],
-    "metarl_jax/actor_critic.py": [
+    "metarl_jax/learners/actor_critic.py": [
         "tests/test_actor_critic.py",
     ],
     "metarl_jax/preprocessing.py": [
         "tests/test_preprocessing.py",
     ],
-    "metarl_jax/checkpoint.py": [
+    "metarl_jax/training/checkpoint.py": [
         "tests/test_checkpoint.py",
     ],
 }
@@ -141,12 +141,12 @@ CORE = [
     "metarl_jax/losses.py",
     "metarl_jax/rollout.py",
     "metarl_jax/networks.py",
-    "metarl_jax/learners.py",
-    "metarl_jax/maml.py",
-    "metarl_jax/q_learning.py",
-    "metarl_jax/actor_critic.py",
+    "metarl_jax/learners/pg.py",
+    "metarl_jax/algorithms/maml.py",
+    "metarl_jax/learners/q_learning.py",
+    "metarl_jax/learners/actor_critic.py",
     "metarl_jax/preprocessing.py",
-    "metarl_jax/checkpoint.py",
+    "metarl_jax/training/checkpoint.py",
 ]
 
 # Arithmetic -> bitwise/shift replacements (``a + b`` -> ``a << b``, ``a * b`` -> ``a ^ b``): on the

@@ -7,7 +7,7 @@ For every (task family, inner learner) pair this command
    (a) second-order MAML with the experiment's estimator (``dice`` or ``lvc``) and
    (b) first-order MAML (``estimator="first_order"``, same everything else);
 2. adds (c) the random initialisation all runs started from (the seed's ``theta_0``) and
-   (d) a multi-task pretrained initialisation (:func:`metarl_jax.multitask.multitask_pretrain`:
+   (d) a multi-task pretrained initialisation (:func:`metarl_jax.algorithms.multitask.multitask_pretrain`:
    the same iterations, meta-batch and optimizer maximising the return *without* adaptation);
 3. measures on ``--eval-tasks`` held-out tasks (fixed seed, the same tasks and the same
    sampling keys for every initialisation) the mean return after ``k = 0..K`` inner steps
@@ -52,14 +52,14 @@ from experiments.maml_maze_q import MazeQConfig
 from experiments.maml_navigation import NavigationConfig
 from experiments.maml_tabular_mdp import TabularMDPConfig
 from experiments.maml_tabular_q import TabularQConfig
-from metarl_jax import checkpoint as ckpt
+from metarl_jax.training import checkpoint as ckpt
 from metarl_jax import evaluation, plotting
 from metarl_jax.benchmarking import cpu_model, jax_device_name
 from metarl_jax.experiment import MAMLExperimentConfig, build, write_json
-from metarl_jax.maml import init_meta_params
-from metarl_jax.multitask import multitask_pretrain
+from metarl_jax.algorithms.maml import init_meta_params
+from metarl_jax.algorithms.multitask import multitask_pretrain
 from metarl_jax.tasks import sample_tasks
-from metarl_jax.train import load_meta_params, meta_train
+from metarl_jax.training.loop import load_meta_params, meta_train
 
 #: Experiment config giving the defaults of each (task, learner) pair; others use MAMLExperimentConfig.
 PAIR_CONFIGS: dict[tuple[str, str], type[MAMLExperimentConfig]] = {

@@ -46,10 +46,10 @@ from experiments.benchmark_adaptation import device_name, machine_info
 from experiments.maml_navigation import NavigationConfig
 from metarl_jax import evaluation
 from metarl_jax.experiment import build, write_json
-from metarl_jax.learners import ESTIMATORS
-from metarl_jax.maml import init_train_state, make_meta_gradient, make_meta_train_step
+from metarl_jax.learners.pg import ESTIMATORS
+from metarl_jax.algorithms.maml import init_train_state, make_meta_gradient, make_meta_train_step
 from metarl_jax.tasks import sample_tasks
-from metarl_jax.train import load_meta_params, make_multi_step, make_optimizer
+from metarl_jax.training.loop import load_meta_params, make_multi_step, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +57,7 @@ class EstimatorBenchmarkConfig:
     """Settings of the estimator study (validated on construction).
 
     Attributes:
-      estimators: names from :data:`metarl_jax.learners.ESTIMATORS`.
+      estimators: names from :data:`metarl_jax.learners.pg.ESTIMATORS`.
       seeds: training runs per estimator (vmapped in one call).
       iterations: meta-iterations per run (a multiple of ``iterations_per_call`` is run).
       iterations_per_call: meta-iterations per compiled ``lax.scan`` call.

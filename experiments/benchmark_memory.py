@@ -17,8 +17,8 @@ import jax
 import numpy as np
 
 from metarl_jax.benchmarking import cpu_model
-from metarl_jax.learners import PGConfig, PolicyGradientLearner
-from metarl_jax.maml import MAMLConfig, init_meta_params, make_meta_gradient
+from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
+from metarl_jax.algorithms.maml import MAMLConfig, init_meta_params, make_meta_gradient
 from metarl_jax.networks import GaussianPolicy
 from metarl_jax.tasks import Navigation2D, sample_tasks
 

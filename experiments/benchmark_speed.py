@@ -7,7 +7,7 @@ steps, Gaussian MLP policy 100x100 ReLU (a categorical one for ``--task bandit``
 advantages, gamma 0.99, one inner SGD step with lr 0.1, ``PGConfig(normalize="step")``,
 estimator ``"dice"`` for second order and ``"first_order"`` for first order, then
 one ``optax.adam(1e-3)`` update. One meta-iteration is one jitted call of
-:func:`metarl_jax.maml.make_meta_train_step` (task sampling + meta-gradient + Adam).
+:func:`metarl_jax.algorithms.maml.make_meta_train_step` (task sampling + meta-gradient + Adam).
 
 What is measured, per configuration:
 
@@ -59,8 +59,8 @@ import jax.numpy as jnp
 import optax
 
 from metarl_jax.benchmarking import device_description
-from metarl_jax.learners import PGConfig, PolicyGradientLearner
-from metarl_jax.maml import MAMLConfig, auto_task_chunk, init_train_state, make_meta_train_step
+from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
+from metarl_jax.algorithms.maml import MAMLConfig, auto_task_chunk, init_train_state, make_meta_train_step
 from metarl_jax.networks import make_policy_for
 from metarl_jax.tasks import make_family
 from metarl_jax.tasks.base import sample_tasks
@@ -105,7 +105,7 @@ def build_pg(task: str, order: int, task_chunk: int | None, rollout_unroll: int 
 
 def build_ac(task: str, order: int, task_chunk: int | None, rollout_unroll: int = 1) -> Bench:
     """Actor-critic inner learner: separate actor and critic MLPs, GAE(0.95), both adapted."""
-    from metarl_jax.actor_critic import ACConfig, ActorCriticLearner
+    from metarl_jax.learners.actor_critic import ACConfig, ActorCriticLearner
 
     family = make_family(task, **TASKS[task])
     policy = make_policy_for(family, hidden_sizes=HIDDEN, activation="relu")
@@ -119,7 +119,7 @@ def build_ac(task: str, order: int, task_chunk: int | None, rollout_unroll: int 
 
 def build_q(task: str, order: int, task_chunk: int | None, rollout_unroll: int = 1) -> Bench:
     """Q-learning inner learner: MLP Q-network, Boltzmann behaviour, TD outer loss (discrete actions only)."""
-    from metarl_jax.q_learning import QConfig, QLearner, q_network_for
+    from metarl_jax.learners.q_learning import QConfig, QLearner, q_network_for
 
     family = make_family(task, **TASKS[task])
     network = q_network_for(family, hidden_sizes=HIDDEN)  # raises a clear error for continuous actions
@@ -257,8 +257,8 @@ def count_flops(bench: Bench, meta_batch: int, key: tuple) -> tuple[float | None
 def resolve_task_chunk(spec: str | int | None, meta_batch: int, platform: str, accumulate: bool = False) -> int | None:
     """``MAMLConfig.task_chunk`` for ``--task-chunk``: ``"none"`` / ``None``, an integer, or ``"auto"``.
 
-    ``"auto"`` is :func:`metarl_jax.maml.auto_task_chunk` (no chunking on an accelerator; on
-    a CPU about 4 tasks per chunk, never more chunks than :func:`metarl_jax.maml.map_tasks`
+    ``"auto"`` is :func:`metarl_jax.algorithms.maml.auto_task_chunk` (no chunking on an accelerator; on
+    a CPU about 4 tasks per chunk, never more chunks than :func:`metarl_jax.algorithms.maml.map_tasks`
     unrolls; with ``accumulate``, chunks of 4 on any device).
     """
     if spec is None or spec == "none":

@@ -5,7 +5,7 @@ best arm is arm 0, except in a rare ``rare_fraction`` of the tasks, where it is 
 arm. Every variant (uniform sampling; PLR with rank prioritisation at each temperature in
 ``temperatures``, scored by the optimality gap ``R* - R_post``) meta-trains the same
 learner from the same seed on the same fixed pool of ``pool_size`` tasks for the same
-number of meta-iterations (:func:`metarl_jax.curriculum.meta_train_with_selection`). Then,
+number of meta-iterations (:func:`metarl_jax.algorithms.task_selection.meta_train_with_selection`). Then,
 on ``eval_tasks`` held-out tasks (fresh draws from the family, the same for every run),
 each meta-learned policy adapts with the training procedure (``inner_steps`` inner steps)
 and is scored with ``eval_episodes`` episodes. Reported per run and as mean ± sd over seeds:
@@ -34,9 +34,9 @@ import jax
 import numpy as np
 
 from metarl_jax import evaluation
-from metarl_jax.curriculum import meta_train_with_selection, tail_mean
+from metarl_jax.algorithms.task_selection import meta_train_with_selection, tail_mean
 from metarl_jax.experiment import LEARNERS, MAMLExperimentConfig, new_run_dir, write_json
-from metarl_jax.task_selection import TaskSelectionConfig
+from metarl_jax.algorithms.task_sampler import TaskSelectionConfig
 from metarl_jax.tasks import sample_tasks
 from metarl_jax.tasks.hard_tasks import RareBestArmBandit
 

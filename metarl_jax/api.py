@@ -4,12 +4,12 @@
 ``predict`` / ``save`` / ``load``) and is a thin layer over the functional core:
 :func:`metarl_jax.experiment.LEARNERS` builds the learner from a validated
 :class:`~metarl_jax.experiment.MAMLExperimentConfig`, training runs
-:func:`metarl_jax.maml.make_meta_train_step` in the one training loop,
-:func:`metarl_jax.train.run_loop` (``lax.scan`` calls of ``iterations_per_call``
-meta-iterations, as :func:`metarl_jax.train.meta_train`),
-adaptation is :func:`metarl_jax.maml.adapt`, actions come from the policy's mode
+:func:`metarl_jax.algorithms.maml.make_meta_train_step` in the one training loop,
+:func:`metarl_jax.training.loop.run_loop` (``lax.scan`` calls of ``iterations_per_call``
+meta-iterations, as :func:`metarl_jax.training.loop.meta_train`),
+adaptation is :func:`metarl_jax.algorithms.maml.adapt`, actions come from the policy's mode
 (:class:`metarl_jax.deploy.ModeActions`), and ``save`` / ``load`` use the
-crash-safe checkpoints of :mod:`metarl_jax.checkpoint`. The object holds the
+crash-safe checkpoints of :mod:`metarl_jax.training.checkpoint`. The object holds the
 state the functions thread explicitly (training state, adapted parameters, a
 PRNG key); use the functions directly when you need to ``vmap`` or differentiate.
 
@@ -30,10 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metarl_jax import checkpoint as ckpt
+from metarl_jax.training import checkpoint as ckpt
 from metarl_jax.deploy import ModeActions, check_single_task
 from metarl_jax.experiment import FAMILY_FIELDS, LEARNERS, MAMLExperimentConfig
-from metarl_jax.maml import adapt, init_train_state, make_meta_train_step
+from metarl_jax.algorithms.maml import adapt, init_train_state, make_meta_train_step
 from metarl_jax.policy_selection import SelectionConfig, select_adapted
 from metarl_jax.tasks import (
     FAMILY_NAMES,
@@ -45,7 +45,7 @@ from metarl_jax.tasks import (
     sample_tasks,
 )
 from metarl_jax.tasks.base import TaskFamily
-from metarl_jax.train import NonFiniteGradientError, make_optimizer, run_loop
+from metarl_jax.training.loop import NonFiniteGradientError, make_optimizer, run_loop
 
 _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(MAMLExperimentConfig))
 #: Config fields the object sets itself (from its own arguments) or that make no sense here.
@@ -202,10 +202,10 @@ class MetaRL:
 
         Each dict has ``iteration``, ``pre_adaptation_return``, ``post_adaptation_return``,
         ``meta_loss``, ``grad_norm``, ``grad_finite``, ``seconds``... Training continues from where
-        the previous call (or :meth:`load`) left off; :func:`metarl_jax.train.run_loop` runs it
+        the previous call (or :meth:`load`) left off; :func:`metarl_jax.training.loop.run_loop` runs it
         (no run directory: :meth:`save` writes checkpoints). Clears the adapted parameters. With
         ``on_nonfinite="stop"`` a non-finite meta-gradient raises
-        :class:`~metarl_jax.train.NonFiniteGradientError`; the object keeps the iterations of the
+        :class:`~metarl_jax.training.loop.NonFiniteGradientError`; the object keeps the iterations of the
         scan calls that finished before it (the error's ``last_good_state`` and ``history``).
         """
         num_iterations = _positive_int("num_iterations", num_iterations, 1)
@@ -228,7 +228,7 @@ class MetaRL:
     def adapt(self, task=None, steps: int | None = None, select: bool | SelectionConfig = False):
         """Adapt the meta-learned policy to ``task`` (default: a new task from the family).
 
-        ``steps`` inner steps of :func:`metarl_jax.maml.adapt` (default: ``inner_steps``, the
+        ``steps`` inner steps of :func:`metarl_jax.algorithms.maml.adapt` (default: ``inner_steps``, the
         number the meta-objective was trained for), each on a fresh batch of ``num_episodes``
         episodes. Returns the adapted policy parameters and keeps them (and the task) for
         :meth:`predict`.

@@ -6,7 +6,7 @@ Starting from the meta-learned parameters ``phi_0 = theta``, round ``r = 0..R-1`
     G_r      = mean_e sum_t r_{e,t}                          the round's (undiscounted) return
     phi_r+1  = phi_r - alpha * grad L_in(phi_r, D_r)        adapt on the feedback (SGD, Meta-SGD or optax)
 
-which is exactly :func:`metarl_jax.maml.adapt` run for ``R`` steps (same keys, same
+which is exactly :func:`metarl_jax.algorithms.maml.adapt` run for ``R`` steps (same keys, same
 data, same updates: ``returns`` equals ``adapt``'s ``inner_returns`` with
 ``inner_steps=R``), with per-round statistics recorded as well. The rounds are one
 ``lax.scan``; :func:`deploy` is a pure function of ``(meta_params, task, key)``, so
@@ -50,8 +50,8 @@ import optax
 from flax import struct
 from gymnax.environments import spaces
 
-from metarl_jax import checkpoint as ckpt
-from metarl_jax.maml import MAMLConfig, sgd_inner_update
+from metarl_jax.training import checkpoint as ckpt
+from metarl_jax.algorithms.maml import MAMLConfig, sgd_inner_update
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks.base import num_tasks_in
 
@@ -146,7 +146,7 @@ def deploy(
 
     Args:
       learner: the inner learner the meta-parameters were trained with.
-      maml_config: its :class:`~metarl_jax.maml.MAMLConfig` (``estimator`` picks the inner loss,
+      maml_config: its :class:`~metarl_jax.algorithms.maml.MAMLConfig` (``estimator`` picks the inner loss,
         ``inner_lr`` the step size unless overridden).
       meta_params: ``{"policy": theta}`` (plus ``{"inner_lr": ...}`` with Meta-SGD).
       task: one task (``EnvParams``, unbatched).
@@ -311,7 +311,7 @@ def load_run(path: str) -> LoadedRun:
     Raises ``FileNotFoundError`` / ``ValueError`` with a message naming what is wrong.
     """
     from metarl_jax.experiment import build
-    from metarl_jax.maml import init_meta_params
+    from metarl_jax.algorithms.maml import init_meta_params
 
     checkpoint_file, run_dir = _locate(os.fspath(path))
     config = experiment_config_from_json(os.path.join(run_dir, "config.json"))

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metarl_jax.maml import MAMLConfig, adapt
+from metarl_jax.algorithms.maml import MAMLConfig, adapt
 from metarl_jax.tasks.base import num_tasks_in
 
 

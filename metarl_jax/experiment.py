@@ -22,12 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarl_jax import evaluation, plotting
-from metarl_jax.learners import ESTIMATORS, PLAIN_LOSS_ESTIMATORS, PGConfig, PolicyGradientLearner, _require
-from metarl_jax.maml import MAMLConfig, auto_task_chunk, init_meta_params
+from metarl_jax.learners.pg import ESTIMATORS, PLAIN_LOSS_ESTIMATORS, PGConfig, PolicyGradientLearner, _require
+from metarl_jax.algorithms.maml import MAMLConfig, auto_task_chunk, init_meta_params
 from metarl_jax.networks import make_policy_for
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks import FAMILY_NAMES, make_family, sample_tasks
-from metarl_jax.train import TrainConfig, meta_train
+from metarl_jax.training.loop import TrainConfig, meta_train
 
 
 #: Inner step sizes by ``(task, learner)`` under the config's surrogate defaults (``normalize="step"``,
@@ -143,7 +143,7 @@ class MAMLExperimentConfig:
                         standardize_advantages=self.standardize_advantages, normalize=self.normalize)
 
     def ac_config(self):
-        from metarl_jax.actor_critic import ACConfig
+        from metarl_jax.learners.actor_critic import ACConfig
 
         return ACConfig(num_inner_episodes=self.num_episodes, num_outer_episodes=self.num_episodes,
                         horizon=self.horizon, gamma=self.gamma, gae_lambda=self.gae_lambda,
@@ -152,7 +152,7 @@ class MAMLExperimentConfig:
                         normalize=self.normalize)
 
     def q_config(self):
-        from metarl_jax.q_learning import QConfig
+        from metarl_jax.learners.q_learning import QConfig
 
         return QConfig(num_inner_episodes=self.num_episodes, num_outer_episodes=self.num_episodes,
                        horizon=self.horizon, gamma=self.gamma, behaviour=self.behaviour, epsilon=self.epsilon,
@@ -199,7 +199,7 @@ def _build_pg(config: MAMLExperimentConfig, family):
 
 
 def _build_ac(config: MAMLExperimentConfig, family):
-    from metarl_jax.actor_critic import ActorCriticLearner
+    from metarl_jax.learners.actor_critic import ActorCriticLearner
 
     kwargs = {}
     space = family.action_space(family.default_params)
@@ -210,7 +210,7 @@ def _build_ac(config: MAMLExperimentConfig, family):
 
 
 def _build_q(config: MAMLExperimentConfig, family):
-    from metarl_jax.q_learning import QLearner, q_network_for
+    from metarl_jax.learners.q_learning import QLearner, q_network_for
 
     network = q_network_for(family, hidden_sizes=config.hidden_sizes, tabular=config.tabular_policy)
     return QLearner(family, network, config.q_config())

@@ -114,7 +114,7 @@ def policy_gradient_surrogate(
     ``stop_gradient=False`` leaves ``A`` differentiable: for callers that hold it
     constant by passing it as an argument the inner gradient does not
     differentiate, while an outer derivative may still flow through it (e.g.
-    advantages from a critic, :mod:`metarl_jax.actor_critic`).
+    advantages from a critic, :mod:`metarl_jax.learners.actor_critic`).
     """
     if stop_gradient:
         advantages = jax.lax.stop_gradient(advantages)

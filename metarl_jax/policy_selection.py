@@ -3,7 +3,7 @@
 The pipeline's policy-optimisation stage. From the meta-learned ``theta`` on one task:
 
     candidates  C = {theta} u { phi_k^(s) : k = 1..K, s in lr_scales }
-    phi_k^(s)   = k inner steps of :func:`metarl_jax.maml.adapt` with step size s * alpha
+    phi_k^(s)   = k inner steps of :func:`metarl_jax.algorithms.maml.adapt` with step size s * alpha
     V(c)        = mean return of ``learner.collect_outer`` episodes of c (fresh, per candidate)
     chosen      = argmax_{c in C} V(c)
 
@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metarl_jax.learners import _require
-from metarl_jax.maml import MAMLConfig, adapt
+from metarl_jax.learners.pg import _require
+from metarl_jax.algorithms.maml import MAMLConfig, adapt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +90,7 @@ def adaptation_candidates(learner, config: MAMLConfig, meta_params: dict, task, 
     """The candidates of :func:`select_adapted`: ``(params [C, ...], steps [C], lr_scales [C])``.
 
     ``C = 1 + S K``: ``theta``, then scale-major ``(s_1, k=1..K), (s_2, k=1..K), ...``; every
-    scale's inner steps run :func:`metarl_jax.maml.adapt` with ``key`` (no meta-gradient).
+    scale's inner steps run :func:`metarl_jax.algorithms.maml.adapt` with ``key`` (no meta-gradient).
     """
     num_steps = int(config.inner_steps if selection.num_steps is None else selection.num_steps)
     cfg = dataclasses.replace(config, inner_steps=num_steps, estimator="first_order")

@@ -31,14 +31,14 @@ import numpy as np
 import optax
 import pytest
 
-from metarl_jax.actor_critic import (
+from metarl_jax.learners.actor_critic import (
     ACConfig,
     ActorCriticLearner,
     MLPCritic,
     SharedActorCritic,
     TabularCritic,
 )
-from metarl_jax.maml import (
+from metarl_jax.algorithms.maml import (
     MAMLConfig,
     init_meta_params,
     init_train_state,
@@ -506,7 +506,7 @@ def test_shared_gaussian_head_log_prob_and_sampler_match_the_normal_closed_form(
     """The shared-torso actor-critic with continuous actions: ``log pi(a|s)`` is the diagonal Normal density
     ``-1/2 sum(((a - mu)/sigma)^2 + 2 log sigma + log 2 pi)`` with the network's own ``mu`` and a non-trivial
     ``log_std`` set here; ``sample`` is ``mu + sigma * N(0, 1)`` with ``jax.random.normal`` of the same key."""
-    from metarl_jax.actor_critic import SharedActorCritic
+    from metarl_jax.learners.actor_critic import SharedActorCritic
 
     model = SharedActorCritic(num_outputs=2, continuous=True, hidden_sizes=(8,))
     params = model.init(jax.random.PRNGKey(0), 3)

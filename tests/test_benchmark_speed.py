@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import benchmark_speed as bs
-from metarl_jax.maml import AUTO_TASKS_PER_CHUNK, TASK_CHUNK_UNROLL_LIMIT, auto_task_chunk
+from metarl_jax.algorithms.maml import AUTO_TASKS_PER_CHUNK, TASK_CHUNK_UNROLL_LIMIT, auto_task_chunk
 
 
 @pytest.mark.parametrize("meta_batch, expected", [(1, None), (4, None), (5, 3), (8, 4), (20, 4), (100, 13),

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from experiments import benchmark_adaptation, benchmark_estimators
-from metarl_jax.learners import PGConfig, PolicyGradientLearner
-from metarl_jax.maml import MAMLConfig, init_meta_params
-from metarl_jax.multitask import multitask_pretrain
+from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
+from metarl_jax.algorithms.maml import MAMLConfig, init_meta_params
+from metarl_jax.algorithms.multitask import multitask_pretrain
 from metarl_jax.networks import make_policy_for
 from metarl_jax.tasks import BanditParams, BernoulliBandit
-from metarl_jax.train import TrainConfig
+from metarl_jax.training.loop import TrainConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from metarl_jax import checkpoint as ckpt
+from metarl_jax.training import checkpoint as ckpt
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -272,7 +272,7 @@ def test_mismatch_errors_name_the_leaf_and_both_shapes(tmp_path):
 
 def test_subtree_restores_one_part_and_ignores_the_rest(tmp_path):
     """``subtree=".meta_params"`` reads the parameters of a saved state whatever its other leaves are."""
-    from metarl_jax.maml import MetaTrainState
+    from metarl_jax.algorithms.maml import MetaTrainState
 
     params = {"policy": {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}}
     state = MetaTrainState(params, optax.adam(1e-3).init(params), jax.random.PRNGKey(3), jnp.array(7, jnp.int32))
@@ -318,7 +318,7 @@ HELPER = textwrap.dedent(
     sys.path.insert(0, {repo!r})
     import numpy as np
     import jax
-    from metarl_jax import checkpoint as ckpt
+    from metarl_jax.training import checkpoint as ckpt
 
     directory, mode = sys.argv[1], sys.argv[2]
     N = {n}

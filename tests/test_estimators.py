@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarl_jax.learners import PGConfig, PolicyGradientLearner
-from metarl_jax.maml import MAMLConfig, make_meta_gradient
+from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
+from metarl_jax.algorithms.maml import MAMLConfig, make_meta_gradient
 from metarl_jax.networks import TabularPolicy
 from metarl_jax.tasks.bandit import BanditParams, BernoulliBandit
 

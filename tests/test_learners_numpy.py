@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from metarl_jax import losses
-from metarl_jax.learners import PGConfig, PolicyGradientLearner, pg_advantages, surrogate_scale
+from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner, pg_advantages, surrogate_scale
 from metarl_jax.networks import CategoricalPolicy
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks import make_family, sample_tasks

@@ -13,9 +13,9 @@ from experiments.maml_bandit import BanditConfig
 from experiments.maml_tabular_mdp import TabularMDPConfig
 from metarl_jax import evaluation
 from metarl_jax.experiment import build
-from metarl_jax.maml import init_meta_params
+from metarl_jax.algorithms.maml import init_meta_params
 from metarl_jax.tasks import sample_tasks
-from metarl_jax.train import meta_train
+from metarl_jax.training.loop import meta_train
 
 
 def _post_adaptation_gain(config):

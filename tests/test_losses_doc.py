@@ -8,7 +8,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from metarl_jax.maml import make_meta_loss
+from metarl_jax.algorithms.maml import make_meta_loss
 
 
 def _blocks():

@@ -20,8 +20,8 @@ import numpy as np
 import optax
 import pytest
 
-from metarl_jax.learners import PGConfig, PolicyGradientLearner
-from metarl_jax.maml import MAMLConfig, adapt, init_meta_params, make_meta_gradient, make_meta_loss
+from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
+from metarl_jax.algorithms.maml import MAMLConfig, adapt, init_meta_params, make_meta_gradient, make_meta_loss
 from metarl_jax.networks import CategoricalPolicy, TabularPolicy
 from metarl_jax.tasks.bandit import BanditParams, BernoulliBandit
 from metarl_jax.tasks.base import sample_tasks
@@ -159,7 +159,7 @@ def test_shared_forward_dice_equals_separate_passes(inner_steps):
     compared too (one order more than the meta-gradient) because the hook must stay
     differentiable to any order.
     """
-    from metarl_jax.learners import CustomLossLearner
+    from metarl_jax.learners.pg import CustomLossLearner
 
     separate = CustomLossLearner(LEARNER, inner=lambda base, p, d, e: base.inner_loss(p, d, e))
     assert hasattr(LEARNER, "inner_grad_and_log_prob") and not hasattr(separate, "inner_grad_and_log_prob")
@@ -252,7 +252,7 @@ def test_init_entropy_bonus_is_minus_beta_times_the_initial_policys_entropy_on_t
     ``H`` is recomputed here from the categorical probabilities in numpy on the outer batch's
     observations (same keys as :func:`meta_loss`), and its gradient by finite differences.
     """
-    from metarl_jax.maml import task_meta_objective
+    from metarl_jax.algorithms.maml import task_meta_objective
 
     beta = 0.3
     plain = MAMLConfig(inner_steps=2, inner_lr=0.5, estimator="dice")
@@ -528,7 +528,7 @@ def test_pg_dice_score_term_is_weighed_by_the_standardised_objective_estimate():
 def test_leave_one_out_score_baseline_by_hand_and_zero_for_a_single_task():
     """``b_i = (sum_j V_j - V_i) / (N - 1)``: for V = (1, 2, 6), b = (4, 3.5, 1.5); with one task there is no
     other task to average, so the baseline is 0 (not a division by zero); ``"none"`` is always 0."""
-    from metarl_jax.maml import score_baseline_values
+    from metarl_jax.algorithms.maml import score_baseline_values
 
     np.testing.assert_allclose(score_baseline_values(jnp.array([1.0, 2.0, 6.0]), "leave_one_out"), [4.0, 3.5, 1.5])
     np.testing.assert_array_equal(score_baseline_values(jnp.array([5.0]), "leave_one_out"), [0.0])
@@ -539,7 +539,7 @@ def test_task_metrics_report_the_first_inner_steps_loss_and_return():
     """``task_meta_objective``'s metrics: ``inner_loss`` and ``pre_adaptation_return`` are those of the first
     inner step (on theta's own data), replayed with ``adapt`` on the same key split; K = 3 so the first and
     last steps differ."""
-    from metarl_jax.maml import task_meta_objective
+    from metarl_jax.algorithms.maml import task_meta_objective
 
     config = MAMLConfig(inner_steps=3, inner_lr=0.5, estimator="dice")
     meta_params = {"policy": {"logits": jnp.asarray(BANDIT_THETA)[None]}}

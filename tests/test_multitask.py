@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarl_jax import checkpoint
-from metarl_jax.learners import PGConfig, PolicyGradientLearner
-from metarl_jax.maml import MAMLConfig
-from metarl_jax.multitask import init_multitask_state, multitask_loss, multitask_pretrain
+from metarl_jax.training import checkpoint
+from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
+from metarl_jax.algorithms.maml import MAMLConfig
+from metarl_jax.algorithms.multitask import init_multitask_state, multitask_loss, multitask_pretrain
 from metarl_jax.networks import make_policy_for
 from metarl_jax.tasks import BernoulliBandit, sample_tasks
-from metarl_jax.train import NonFiniteGradientError, TrainConfig, make_optimizer, read_metrics
+from metarl_jax.training.loop import NonFiniteGradientError, TrainConfig, make_optimizer, read_metrics
 
 FAMILY = BernoulliBandit(num_arms=3, horizon=4)
 LEARNER = PolicyGradientLearner(FAMILY, make_policy_for(FAMILY, tabular=True),

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarl_jax import maml, outer
-from metarl_jax.learners import PGConfig, PolicyGradientLearner
+from metarl_jax.algorithms import maml, outer
+from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
 from metarl_jax.networks import CategoricalPolicy, GaussianPolicy
 from metarl_jax.tasks.base import sample_tasks
 from metarl_jax.tasks.navigation import Navigation2D

@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 
 from experiments import deploy as deploy_cli
-from metarl_jax import curriculum, evaluation
-from metarl_jax import task_selection as ts
+from metarl_jax.algorithms import task_selection as curriculum
+from metarl_jax import evaluation
+from metarl_jax.algorithms import task_sampler as ts
 from metarl_jax.api import MetaRL
 from metarl_jax.deploy import deploy, deploy_batch
 from metarl_jax.experiment import LEARNERS, MAMLExperimentConfig, write_json
-from metarl_jax.maml import adapt, init_meta_params
+from metarl_jax.algorithms.maml import adapt, init_meta_params
 from metarl_jax.tasks import (
     BanditParams,
     BernoulliBandit,
@@ -32,7 +33,7 @@ from metarl_jax.tasks import (
     sample_tasks,
 )
 from metarl_jax.tasks.hard_tasks import RareBestArmBandit
-from metarl_jax.train import NonFiniteGradientError, meta_train
+from metarl_jax.training.loop import NonFiniteGradientError, meta_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,7 +10,7 @@ import pytest
 
 from metarl_jax.api import MetaRL
 from metarl_jax.experiment import LEARNERS, MAMLExperimentConfig
-from metarl_jax.maml import adapt, init_meta_params
+from metarl_jax.algorithms.maml import adapt, init_meta_params
 from metarl_jax.policy_selection import SelectionConfig, adaptation_candidates, select_adapted
 from metarl_jax.tasks import BernoulliBandit, sample_tasks
 

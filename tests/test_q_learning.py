@@ -37,8 +37,8 @@ import numpy as np
 import optax
 import pytest
 
-from metarl_jax import maml
-from metarl_jax.q_learning import (
+from metarl_jax.algorithms import maml
+from metarl_jax.learners.q_learning import (
     MLPQNetwork,
     QConfig,
     QLearner,
@@ -413,7 +413,7 @@ def test_q_policies_on_batched_states_match_numpy_and_config_bounds_are_inclusiv
     Boltzmann ``log softmax(q[s] / tau)``, epsilon-greedy ``log((1 - eps) 1[a = argmax] + eps / A)``, uniform
     ``-log A``, and the entropy ``-sum p log p`` per state. ``epsilon`` may be 0 (greedy) or 1 (uniform):
     the bounds are inclusive; outside them the field is named."""
-    from metarl_jax.q_learning import QConfig, QPolicy, TabularQNetwork
+    from metarl_jax.learners.q_learning import QConfig, QPolicy, TabularQNetwork
 
     num_states, num_actions = 4, 3
     q_table = np.array([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0], [0.0, 0.0, 3.0], [-1.0, 1.0, 0.2]], np.float32)

@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarl_jax.actor_critic import ACConfig
-from metarl_jax.learners import PGConfig, PolicyGradientLearner
-from metarl_jax.maml import MAMLConfig, init_meta_params, make_meta_gradient
+from metarl_jax.learners.actor_critic import ACConfig
+from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
+from metarl_jax.algorithms.maml import MAMLConfig, init_meta_params, make_meta_gradient
 from metarl_jax.networks import make_policy_for
-from metarl_jax.q_learning import QConfig
+from metarl_jax.learners.q_learning import QConfig
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks import make_family
 from metarl_jax.tasks.base import sample_tasks

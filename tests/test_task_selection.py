@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarl_jax import task_selection as ts
+from metarl_jax.algorithms import task_sampler as ts
 from metarl_jax.tasks.navigation import Navigation2D
 
 sample = jax.jit(ts.sample_indices, static_argnums=(0, 3))

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from experiments.maml_bandit import BanditConfig
-from metarl_jax import checkpoint, outer
+from metarl_jax.training import checkpoint
+from metarl_jax.algorithms import outer
 from metarl_jax.experiment import build
-from metarl_jax.maml import MetaTrainState
+from metarl_jax.algorithms.maml import MetaTrainState
 from metarl_jax.tasks import sample_tasks
-from metarl_jax.train import (
+from metarl_jax.training.loop import (
     NonFiniteGradientError,
     TrainConfig,
     init_outer_state,
@@ -108,8 +109,8 @@ def test_nonfinite_gradient_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_nonfinite_gradient_skip_leaves_parameters_unchanged():
     learner, maml_config, train_config, sample = _setup()
     skip = dataclasses.replace(train_config, num_iterations=2, on_nonfinite="skip")
-    from metarl_jax.maml import init_train_state
-    from metarl_jax.train import make_optimizer
+    from metarl_jax.algorithms.maml import init_train_state
+    from metarl_jax.training.loop import make_optimizer
 
     initial = init_train_state(__import__("jax").random.PRNGKey(skip.seed), learner, maml_config, make_optimizer(skip))
     state, history = meta_train(_NaNLearner(learner), maml_config, skip, sample, progress=False)
@@ -128,7 +129,7 @@ def test_train_config_validation_names_the_field():
 def test_experiment_task_chunk_auto_resolves_per_meta_batch_and_platform():
     """``task_chunk="auto"`` (the default) is ``maml.auto_task_chunk`` for the run's meta-batch on
     JAX's default backend; integers and ``None`` pass through; anything else names the field."""
-    from metarl_jax.maml import auto_task_chunk
+    from metarl_jax.algorithms.maml import auto_task_chunk
 
     assert BanditConfig().task_chunk == "auto"
     expected = auto_task_chunk(20)  # 4 on a CPU (5 chunks of 4), None on an accelerator

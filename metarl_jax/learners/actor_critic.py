@@ -42,7 +42,7 @@ through the actor's adaptation). So :meth:`ActorCriticLearner.inner_grad`
 computes ``A`` and ``y`` from ``phi`` *outside* the function it differentiates and
 passes them in as arguments: ``jax.grad`` with respect to ``p`` treats them as
 constants, while an outer derivative of ``phi'`` sees them as functions of
-``phi``. :func:`metarl_jax.maml.adapt` calls this hook when a learner defines it.
+``phi``. :func:`metarl_jax.algorithms.maml.adapt` calls this hook when a learner defines it.
 :meth:`ActorCriticLearner.inner_loss` is the same loss with ``A`` and ``y``
 stop-gradient-ed (its value and gradient are those of the step; only its
 second derivative lacks the dependence above).
@@ -59,7 +59,7 @@ critic; with the default ``outer_gae_lambda = 1`` and no bootstrap,
 ``A'_t = G_t - V_{phi'_c}(s'_t)``: the adapted critic is a baseline. It depends on
 the state and on the *inner* samples only, never on the outer actions, so
 ``E[grad log pi(a'_t | s'_t) V(s'_t)] = 0`` and the outer surrogate stays an
-unbiased estimate of ``grad_{phi'_a} J``; with DiCE (:mod:`metarl_jax.maml`) the
+unbiased estimate of ``grad_{phi'_a} J``; with DiCE (:mod:`metarl_jax.algorithms.maml`) the
 whole meta-gradient of ``J`` is unbiased (without ``standardize_advantages``, which
 rescales by a batch statistic, as in ``PolicyGradientLearner``). ``outer_gae_lambda < 1`` trades that
 for lower variance (the usual actor-critic bias). ``outer_baseline="none"`` uses
@@ -75,7 +75,7 @@ when they are standardised), so that DiCE's score term and the path term are
 weighed alike; ``collect_outer`` attaches ``c`` to the data
 (:class:`OuterTrajectory`) because with a critic baseline it needs the adapted critic.
 
-All estimators of :mod:`metarl_jax.maml` apply unchanged: ``"dice"`` adds the
+All estimators of :mod:`metarl_jax.algorithms.maml` apply unchanged: ``"dice"`` adds the
 score of the inner actor log-probs, ``"lvc"`` uses the LVC actor surrogate in the
 inner step, ``"first_order"`` stops the inner gradients.
 """
@@ -95,7 +95,7 @@ import numpy as np
 from flax import struct
 
 from metarl_jax import losses
-from metarl_jax.learners import NORMALIZATIONS, _require, _require_unroll
+from metarl_jax.learners.pg import NORMALIZATIONS, _require, _require_unroll
 from metarl_jax.networks import (
     ACTIVATIONS,
     LOG_2PI,
@@ -382,7 +382,7 @@ class OuterTrajectory(Trajectory):
 
 @dataclasses.dataclass(frozen=True)
 class ActorCriticLearner:
-    """Actor-critic inner learner for :mod:`metarl_jax.maml` (interface of :mod:`metarl_jax.learners`).
+    """Actor-critic inner learner for :mod:`metarl_jax.algorithms.maml` (interface of :mod:`metarl_jax.learners.pg`).
 
     Args:
       env: a task family.
@@ -503,7 +503,7 @@ class ActorCriticLearner:
         return self.inner_objective(params, traj, adv, targets, estimator)
 
     def inner_grad(self, params, traj: Trajectory, estimator: str = "dice"):
-        """``(L, P grad_p L(p; A(phi), y(phi)) |_{p=phi})``: what :func:`metarl_jax.maml.adapt` steps along.
+        """``(L, P grad_p L(p; A(phi), y(phi)) |_{p=phi})``: what :func:`metarl_jax.algorithms.maml.adapt` steps along.
 
         ``A`` and ``y`` are computed from ``params`` and passed as constants of the
         inner gradient; outer derivatives flow through them. ``P`` scales the

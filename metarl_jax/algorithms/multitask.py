@@ -13,7 +13,7 @@ loss on fresh data of ``theta`` itself,
 
     grad J_MT ~ grad_theta 1/N sum_i outer_loss(theta, tau'_i),  tau'_i ~ pi_theta on task i,
 
-which for :class:`~metarl_jax.learners.PolicyGradientLearner` is the REINFORCE
+which for :class:`~metarl_jax.learners.pg.PolicyGradientLearner` is the REINFORCE
 surrogate with the learner's baseline, and for the Q-learner the outer objective it
 is configured with (the Boltzmann policy's surrogate for ``outer="return"``, the TD
 loss for ``outer="td"``: multi-task Q-learning). No score term is needed: the data
@@ -21,7 +21,7 @@ are sampled from the parameters being scored, and the surrogate's gradient is th
 likelihood-ratio gradient itself.
 
 The resulting parameters are returned in the layout of
-:func:`metarl_jax.maml.init_meta_params` (``{"policy": theta}``, plus the *untrained*
+:func:`metarl_jax.algorithms.maml.init_meta_params` (``{"policy": theta}``, plus the *untrained*
 Meta-SGD rates when the MAML config learns them), so the same adaptation and
 evaluation code runs on them: adapting from a multi-task initialisation uses the
 config's fixed inner step size.
@@ -36,10 +36,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metarl_jax.learners import _require
-from metarl_jax.maml import MAMLConfig, MetaTrainState, init_meta_params, keep_if_finite, map_tasks, tree_all_finite
+from metarl_jax.learners.pg import _require
+from metarl_jax.algorithms.maml import MAMLConfig, MetaTrainState, init_meta_params, keep_if_finite, map_tasks, tree_all_finite
 from metarl_jax.tasks.base import num_tasks_in
-from metarl_jax.train import TrainConfig, make_optimizer, run_loop
+from metarl_jax.training.loop import TrainConfig, make_optimizer, run_loop
 
 
 def multitask_loss(learner, params, tasks, key: jax.Array, task_chunk: int | None = None):
@@ -64,7 +64,7 @@ def multitask_loss(learner, params, tasks, key: jax.Array, task_chunk: int | Non
 def init_multitask_state(key: jax.Array, learner, config: MAMLConfig, optimizer) -> MetaTrainState:
     """Training state whose parameters are exactly MAML's initial ones for the same ``key``.
 
-    The key is split as in :func:`metarl_jax.maml.init_train_state`, so a multi-task run and a
+    The key is split as in :func:`metarl_jax.algorithms.maml.init_train_state`, so a multi-task run and a
     MAML run with the same seed start from the same ``theta``. Only ``meta_params["policy"]``
     is optimised (Meta-SGD rates, if any, keep their initial value).
     """
@@ -82,7 +82,7 @@ def make_multitask_train_step(
 ):
     """One multi-task iteration ``state -> (state, metrics)``: sample tasks, fresh data, optimizer step.
 
-    Pure and jittable; the counterpart of :func:`metarl_jax.maml.make_meta_train_step` with the
+    Pure and jittable; the counterpart of :func:`metarl_jax.algorithms.maml.make_meta_train_step` with the
     inner update skipped. ``metrics["grad_finite"]`` says whether every gradient entry was finite;
     with ``skip_nonfinite`` a non-finite update is skipped (parameters and optimizer state unchanged).
     """
@@ -117,7 +117,7 @@ def multitask_train_step(learner, config: MAMLConfig, train_config: TrainConfig,
                          sample_tasks: Callable[[jax.Array], Any]) -> Callable:
     """The iteration ``state -> (state, metrics)`` that :func:`multitask_pretrain` runs.
 
-    :func:`make_multitask_train_step` with :func:`metarl_jax.train.make_optimizer`'s optimizer,
+    :func:`make_multitask_train_step` with :func:`metarl_jax.training.loop.make_optimizer`'s optimizer,
     ``config.task_chunk`` and ``skip_nonfinite`` from ``on_nonfinite``. Equal (hashable) arguments
     return the same function, so repeated runs (seeds, resumes, tests) compile once; only
     ``outer_lr``, ``max_grad_norm`` and ``on_nonfinite`` of ``train_config`` matter.
@@ -148,8 +148,8 @@ def multitask_pretrain(
     Per iteration each task sees one batch of ``num_outer_episodes`` episodes, where a MAML
     iteration with ``K`` inner steps sees ``K + 1`` batches.
 
-    The loop is :func:`metarl_jax.train.run_loop` over :func:`multitask_train_step` from
-    :func:`init_multitask_state` with ``PRNGKey(train_config.seed)``, as :func:`metarl_jax.train.meta_train`:
+    The loop is :func:`metarl_jax.training.loop.run_loop` over :func:`multitask_train_step` from
+    :func:`init_multitask_state` with ``PRNGKey(train_config.seed)``, as :func:`metarl_jax.training.loop.meta_train`:
     exactly ``num_iterations`` iterations (a shorter last scan), and with ``run_dir`` a
     ``metrics.jsonl`` and checkpoints every ``checkpoint_every`` iterations in ``run_dir/checkpoints``;
     a later call resumes from (or, if finished, just loads) the latest checkpoint there.

@@ -1,13 +1,13 @@
 """The loop around the jitted meta-iteration: progress bar, metrics on disk, checkpoints, resume.
 
 :func:`run_loop` is the one loop. It takes any pure step function
-``state -> (state, metrics)`` (MAML's :func:`metarl_jax.maml.make_meta_train_step`,
-task selection's :func:`metarl_jax.curriculum.make_selection_train_step`, TRPO's
-and ProMP's :func:`metarl_jax.outer.make_trpo_step` / :func:`~metarl_jax.outer.make_promp_step`)
+``state -> (state, metrics)`` (MAML's :func:`metarl_jax.algorithms.maml.make_meta_train_step`,
+task selection's :func:`metarl_jax.algorithms.task_selection.make_selection_train_step`, TRPO's
+and ProMP's :func:`metarl_jax.algorithms.outer.make_trpo_step` / :func:`~metarl_jax.algorithms.outer.make_promp_step`)
 and an initial state (a pytree whose ``step`` field counts finished iterations:
-:class:`~metarl_jax.maml.MetaTrainState`, :class:`~metarl_jax.curriculum.SelectionTrainState`).
+:class:`~metarl_jax.algorithms.maml.MetaTrainState`, :class:`~metarl_jax.algorithms.task_selection.SelectionTrainState`).
 :func:`meta_train` (MAML) and :func:`meta_train_outer` (TRPO / ProMP) build the
-step and the initial state and call it; :mod:`metarl_jax.curriculum` does the same.
+step and the initial state and call it; :mod:`metarl_jax.algorithms.task_selection` does the same.
 
 The compiled unit is a ``lax.scan`` over ``iterations_per_call`` meta-iterations
 (each: sample tasks, adapt, meta-gradient, optimizer step); nothing inside it
@@ -35,10 +35,10 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from metarl_jax import checkpoint as ckpt
-from metarl_jax import outer
-from metarl_jax.learners import _require
-from metarl_jax.maml import MAMLConfig, MetaTrainState, init_meta_params, init_train_state, make_meta_train_step
+from metarl_jax.training import checkpoint as ckpt
+from metarl_jax.algorithms import outer
+from metarl_jax.learners.pg import _require
+from metarl_jax.algorithms.maml import MAMLConfig, MetaTrainState, init_meta_params, init_train_state, make_meta_train_step
 
 NONFINITE_POLICIES = ("stop", "skip")
 LR_SCHEDULES = ("constant", "cosine")
@@ -334,9 +334,9 @@ def meta_train(
 ) -> tuple[MetaTrainState, list[dict]]:
     """Meta-train ``learner`` with MAML and return ``(final state, per-iteration metrics)``.
 
-    :func:`run_loop` over :func:`metarl_jax.maml.make_meta_train_step` (Adam with
+    :func:`run_loop` over :func:`metarl_jax.algorithms.maml.make_meta_train_step` (Adam with
     ``outer_lr`` and optional clipping, :func:`make_optimizer`) from
-    :func:`metarl_jax.maml.init_train_state` with ``PRNGKey(train_config.seed)``.
+    :func:`metarl_jax.algorithms.maml.init_train_state` with ``PRNGKey(train_config.seed)``.
     ``sample_tasks(key)`` returns a batch of ``train_config.meta_batch`` tasks.
     With ``run_dir`` the run writes ``metrics.jsonl`` and ``checkpoints/`` there
     and resumes from the latest checkpoint if one exists. ``stop_after`` ends
@@ -372,9 +372,9 @@ def _outer_optimizer(outer_config, train_config: TrainConfig) -> optax.GradientT
 
 
 def init_outer_state(learner, maml_config: MAMLConfig, outer_config, train_config: TrainConfig) -> MetaTrainState:
-    """The initial :class:`~metarl_jax.maml.MetaTrainState` of a TRPO / ProMP run (also a restore target).
+    """The initial :class:`~metarl_jax.algorithms.maml.MetaTrainState` of a TRPO / ProMP run (also a restore target).
 
-    Meta-parameters as :func:`metarl_jax.maml.init_train_state` with
+    Meta-parameters as :func:`metarl_jax.algorithms.maml.init_train_state` with
     ``PRNGKey(train_config.seed)``; the optimizer state is empty for TRPO and
     ProMP's Adam state otherwise.
     """
@@ -426,9 +426,9 @@ def meta_train_outer(
 ) -> tuple[MetaTrainState, list[dict]]:
     """Meta-train ``learner`` with TRPO or ProMP as the outer rule; return ``(final state, history)``.
 
-    ``outer_config`` is an :class:`metarl_jax.outer.TRPOConfig` (natural-gradient
+    ``outer_config`` is an :class:`metarl_jax.algorithms.outer.TRPOConfig` (natural-gradient
     step in a KL trust region per meta-iteration) or an
-    :class:`metarl_jax.outer.ProMPConfig` (``num_outer_steps`` Adam steps on the
+    :class:`metarl_jax.algorithms.outer.ProMPConfig` (``num_outer_steps`` Adam steps on the
     clipped surrogate per meta-iteration). :func:`run_loop` over
     :func:`outer_train_step` from :func:`init_outer_state`: the same
     ``metrics.jsonl``, checkpoints, resume, ``stop_after`` and ``on_nonfinite``
@@ -453,7 +453,7 @@ def load_meta_params(checkpoint_dir: str, learner, maml_config: MAMLConfig):
 
     Works for every run that :func:`run_loop` checkpoints (:func:`meta_train`,
     :func:`meta_train_outer` with TRPO or ProMP, curriculum runs): only the
-    ``meta_params`` part of the saved :class:`~metarl_jax.maml.MetaTrainState` is read,
+    ``meta_params`` part of the saved :class:`~metarl_jax.algorithms.maml.MetaTrainState` is read,
     so the outer optimizer's state (Adam, ProMP's, none for TRPO) does not have to be
     rebuilt. ``learner`` and ``maml_config`` give the structure (a learned inner rate
     included).

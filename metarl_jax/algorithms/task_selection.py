@@ -1,6 +1,6 @@
 """Meta-training with task selection: uniform or prioritised draws from a fixed task pool.
 
-:mod:`metarl_jax.task_selection` holds the pure sampler; this module puts it
+:mod:`metarl_jax.algorithms.task_sampler` holds the pure sampler; this module puts it
 *inside* the jitted meta-iteration. The training state carries the sampler
 state ``s`` and a fixed pool of ``P`` tasks (one batched ``EnvParams``) with
 their exact optimal returns ``R*_i`` (zeros for families without an exact
@@ -21,8 +21,8 @@ Everything above is traced once and compiled as one XLA program (a
 batch, a Monte-Carlo estimate: scores are noisy, which PLR's rank
 prioritisation tolerates (only the order matters).
 
-:func:`meta_train_with_selection` runs it in :func:`metarl_jax.train.run_loop`, the loop
-of :func:`metarl_jax.train.meta_train` (``metrics.jsonl``, checkpoints, resume);
+:func:`meta_train_with_selection` runs it in :func:`metarl_jax.training.loop.run_loop`, the loop
+of :func:`metarl_jax.training.loop.meta_train` (``metrics.jsonl``, checkpoints, resume);
 the checkpoint holds the whole :class:`SelectionTrainState` (parameters,
 optimizer state, PRNG key, step, sampler state, pool and pool optima), so a
 resumed run reproduces an uninterrupted one exactly.
@@ -39,9 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metarl_jax import train as train_lib
-from metarl_jax.maml import MAMLConfig, MetaTrainState, init_train_state, keep_if_finite, make_meta_train_step
-from metarl_jax.task_selection import (
+from metarl_jax.training import loop as train_lib
+from metarl_jax.algorithms.maml import MAMLConfig, MetaTrainState, init_train_state, keep_if_finite, make_meta_train_step
+from metarl_jax.algorithms.task_sampler import (
     SamplerState,
     TaskSelectionConfig,
     gather_tasks,
@@ -62,8 +62,8 @@ class SelectionTrainState(NamedTuple):
     """A meta-training run with task selection (a pytree; checkpointed whole).
 
     Attributes:
-      meta_params, opt_state, key, step: as in :class:`metarl_jax.maml.MetaTrainState`.
-      sampler: the :class:`~metarl_jax.task_selection.SamplerState` over the pool.
+      meta_params, opt_state, key, step: as in :class:`metarl_jax.algorithms.maml.MetaTrainState`.
+      sampler: the :class:`~metarl_jax.algorithms.task_sampler.SamplerState` over the pool.
       pool: the ``P`` training tasks, an ``EnvParams`` pytree with leading axis ``[P]``.
       pool_optimum: ``[P]`` float32 exact optimal returns ``R*_i`` (zeros if the family has none).
     """
@@ -99,7 +99,7 @@ def check_score(selection_config: TaskSelectionConfig, family) -> None:
 
 def selection_scores(selection_config: TaskSelectionConfig, post_returns: jax.Array,
                      optimal_returns: jax.Array) -> jax.Array:
-    """What :func:`~metarl_jax.task_selection.update_scores` is fed for a batch: ``[B], [B] -> [B]``.
+    """What :func:`~metarl_jax.algorithms.task_sampler.update_scores` is fed for a batch: ``[B], [B] -> [B]``.
 
     ``optimality_gap``: ``R* - R_post``; ``negative_return``: ``-R_post``;
     ``learning_progress``: ``R_post`` itself (the sampler turns it into ``|R_post - previous|``).
@@ -130,7 +130,7 @@ def pool_optimal_returns(family, pool, horizon: int) -> jax.Array:
 
 def init_selection_state(key: jax.Array, learner, maml_config: MAMLConfig, optimizer,
                          selection_config: TaskSelectionConfig, pool=None) -> SelectionTrainState:
-    """Fresh state: meta-parameters as :func:`metarl_jax.maml.init_train_state` with the same
+    """Fresh state: meta-parameters as :func:`metarl_jax.algorithms.maml.init_train_state` with the same
     ``key``, an empty sampler and a pool of ``selection_config.pool_size`` tasks drawn from
     ``learner.env`` with ``fold_in(key, POOL_STREAM)`` (or the given ``pool``)."""
     family = learner.env
@@ -158,7 +158,7 @@ def make_selection_train_step(
 ):
     """One meta-iteration with task selection, ``state -> (state, metrics)``: pure and jittable.
 
-    The meta-gradient step is :func:`metarl_jax.maml.make_meta_train_step` on the gathered
+    The meta-gradient step is :func:`metarl_jax.algorithms.maml.make_meta_train_step` on the gathered
     tasks (so the update, the non-finite guard and the metrics are exactly those of
     uniform meta-training); around it the sampler draws ``meta_batch`` pool indices and
     records their scores. Extra metrics: ``task_indices [B]`` and ``task_scores [B]``.
@@ -201,7 +201,7 @@ _cached_step = functools.lru_cache(maxsize=8)(_build_step)
 
 def selection_train_step(learner, maml_config, train_config, selection_config, inner_optimizer=None):
     """The meta-iteration :func:`meta_train_with_selection` runs: :func:`make_selection_train_step`
-    with :func:`metarl_jax.train.make_optimizer` and ``train_config``'s ``meta_batch`` and
+    with :func:`metarl_jax.training.loop.make_optimizer` and ``train_config``'s ``meta_batch`` and
     non-finite policy.
 
     Equal (hashable) arguments return the same function, so repeated runs (seeds,
@@ -242,7 +242,7 @@ def meta_train_with_selection(
 ) -> tuple[SelectionTrainState, list[dict]]:
     """Meta-train ``learner`` on tasks selected from a fixed pool; return ``(final state, history)``.
 
-    :func:`metarl_jax.train.run_loop` (``metrics.jsonl``, crash-safe checkpoints of
+    :func:`metarl_jax.training.loop.run_loop` (``metrics.jsonl``, crash-safe checkpoints of
     the whole :class:`SelectionTrainState` every ``checkpoint_every`` iterations with
     the selection config in their metadata, resume from the latest checkpoint in
     ``run_dir/checkpoints``, ``stop_after`` to simulate an interruption, non-finite

@@ -24,7 +24,7 @@ function whose gradient is taken and passes it in, so the meta-gradient
 ``d phi_K / d theta`` flows through the target values. This is the derivative
 of the procedure actually run. (No scalar loss has ``g`` as its gradient as a
 function of ``phi``, because ``d g / d phi`` is not symmetric; that is why the
-learner provides ``inner_grad`` and :func:`metarl_jax.maml.adapt` uses it.)
+learner provides ``inner_grad`` and :func:`metarl_jax.algorithms.maml.adapt` uses it.)
 
 Targets (``QConfig.target``):
 
@@ -58,7 +58,7 @@ Behaviour policies (``QConfig.behaviour``) built from ``Q_phi`` by :class:`QPoli
 ``"boltzmann"`` ``pi(a|s) = softmax(Q_phi(s) / temperature)``; ``"epsilon_greedy"``
 ``(1 - epsilon) 1[a = argmax Q_phi(s)] + epsilon / A``; ``"uniform"`` ``1 / A``.
 The data density enters the meta-gradient through
-:meth:`QLearner.log_prob_of_data` (DiCE's score term in :mod:`metarl_jax.maml`):
+:meth:`QLearner.log_prob_of_data` (DiCE's score term in :mod:`metarl_jax.algorithms.maml`):
 for ``"boltzmann"`` it is ``sum_t m_t log softmax(Q_phi(s_t)/temperature)[a_t]``,
 differentiable in ``phi``. For ``"uniform"`` the data do not depend on the
 parameters and it is 0: the meta-gradient is exact. For ``"epsilon_greedy"`` the
@@ -77,7 +77,7 @@ Outer objective (``QConfig.outer``), on a fresh batch ``tau'``:
 * ``"return"``: ``tau'`` from the Boltzmann policy of ``phi_K``; the outer loss is
   its policy-gradient surrogate ``-1/Z sum_t m_t log pi_{phi_K}(a_t|s_t) G_t`` with
   ``G_t`` the discounted reward-to-go held constant (the convention of
-  :class:`metarl_jax.learners.PolicyGradientLearner`); the objective estimate
+  :class:`metarl_jax.learners.pg.PolicyGradientLearner`); the objective estimate
   is the mean discounted return over the same ``Z`` (``sum_e R_e / Z``), so the
   score term and the surrogate estimate the gradient of one objective. With
   ``behaviour="boltzmann"`` and ``estimator="dice"`` this is the unbiased
@@ -91,7 +91,7 @@ with full coverage is the discounted ``Q*`` of
 ``Q = R + gamma P max_a Q``.
 
 Estimators: TD has no LVC form; ``"dice"``, ``"lvc"`` and ``"naive"`` take the
-same inner step (``"dice"`` adds the score term in :mod:`metarl_jax.maml`),
+same inner step (``"dice"`` adds the score term in :mod:`metarl_jax.algorithms.maml`),
 ``"first_order"`` stops the inner gradients there.
 """
 
@@ -108,7 +108,7 @@ import optax
 from flax import struct
 
 from metarl_jax import losses
-from metarl_jax.learners import PLAIN_LOSS_ESTIMATORS, _require, _require_unroll
+from metarl_jax.learners.pg import PLAIN_LOSS_ESTIMATORS, _require, _require_unroll
 from metarl_jax.networks import ACTIVATIONS, MLP
 from metarl_jax.rollout import Trajectory, rollout
 
@@ -382,7 +382,7 @@ class OuterBatch:
 
 @dataclasses.dataclass(frozen=True)
 class QLearner:
-    """Q-learning inner learner for :mod:`metarl_jax.maml` (see the module docstring).
+    """Q-learning inner learner for :mod:`metarl_jax.algorithms.maml` (see the module docstring).
 
     Args:
       env: a task family with a ``Discrete`` action space.
@@ -504,7 +504,7 @@ class QLearner:
         """The semi-gradient TD loss with stopped targets: its gradient is the inner step.
 
         Its *higher* derivatives ignore the target's dependence on ``params``;
-        :func:`metarl_jax.maml.adapt` uses :meth:`inner_grad` instead.
+        :func:`metarl_jax.algorithms.maml.adapt` uses :meth:`inner_grad` instead.
         """
         del estimator
         self._check(traj)

@@ -1,7 +1,7 @@
 """Outer update rules beside optax: TRPO on the meta-objective, and ProMP.
 
 Both rules *sample once, then optimise a surrogate on fixed data*. Notation as in
-:mod:`metarl_jax.maml`: ``theta`` the meta-parameters, ``tau_k ~ pi_{phi_k}`` the
+:mod:`metarl_jax.algorithms.maml`: ``theta`` the meta-parameters, ``tau_k ~ pi_{phi_k}`` the
 inner data of inner step ``k`` (``phi_0 = theta``), ``tau' ~ pi_{phi_K}`` the
 outer data, ``A`` the outer advantages (``learner.advantages(tau')``, constants).
 
@@ -41,8 +41,8 @@ outer data, ``A`` the outer advantages (``learner.advantages(tau')``, constants)
 Both are one pure, jittable ``state -> (state, metrics)`` function per
 meta-iteration (:func:`make_trpo_step`, :func:`make_promp_step`) over
 :class:`maml.MetaTrainState`, with ``metrics["grad_finite"]`` as MAML's step
-reports it, so :mod:`metarl_jax.train`'s loop (scan, ``metrics.jsonl``,
-checkpoints, resume, non-finite policy) runs them: :func:`metarl_jax.train.meta_train_outer`.
+reports it, so :mod:`metarl_jax.training.loop`'s loop (scan, ``metrics.jsonl``,
+checkpoints, resume, non-finite policy) runs them: :func:`metarl_jax.training.loop.meta_train_outer`.
 
 Where this differs from the reference implementations, on purpose or for now:
 
@@ -75,8 +75,8 @@ import optax
 from flax import struct
 
 from metarl_jax import losses
-from metarl_jax.learners import _require
-from metarl_jax.maml import (MAMLConfig, MetaTrainState, init_train_state, keep_if_finite, map_tasks,
+from metarl_jax.learners.pg import _require
+from metarl_jax.algorithms.maml import (MAMLConfig, MetaTrainState, init_train_state, keep_if_finite, map_tasks,
                              sgd_inner_update, tree_all_finite)
 from metarl_jax.tasks.base import num_tasks_in
 

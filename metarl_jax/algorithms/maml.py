@@ -43,7 +43,7 @@ import numpy as np
 import optax
 
 from metarl_jax import losses
-from metarl_jax.learners import ESTIMATORS, _require, check_estimator
+from metarl_jax.learners.pg import ESTIMATORS, _require, check_estimator
 from metarl_jax.tasks.base import num_tasks_in
 
 SCORE_BASELINES = ("none", "leave_one_out")
@@ -175,7 +175,7 @@ def adapt(
     from ``phi`` itself (a critic's advantages, bootstrapped value targets) uses it
     to hold them constant in the inner gradient while the derivative of the
     update with respect to ``theta`` still flows through them
-    (:mod:`metarl_jax.actor_critic`).
+    (:mod:`metarl_jax.learners.actor_critic`).
     """
     check_estimator(learner, config.estimator)
     if inner_optimizer is not None and "inner_lr" in meta_params:

@@ -355,7 +355,7 @@ def restore_checkpoint(path: str | os.PathLike, target: Any, subtree: str | None
 
     ``subtree``: restore only part of the saved pytree, the leaves whose
     ``jax.tree_util.keystr`` path starts with this prefix (e.g. ``".meta_params"`` of a
-    :class:`~metarl_jax.maml.MetaTrainState`); ``target`` then has the structure of
+    :class:`~metarl_jax.algorithms.maml.MetaTrainState`); ``target`` then has the structure of
     that part, and the rest of the checkpoint (say, an optimizer state whose layout
     depends on the outer rule) is not read into anything.
     """

@@ -1,7 +1,7 @@
 """Inner learners: how to collect data, which inner loss, which outer loss.
 
 A learner is a frozen dataclass over ``(env, policy, config)`` exposing pure
-functions that :mod:`metarl_jax.maml` composes into ``adapt`` and the meta-loss:
+functions that :mod:`metarl_jax.algorithms.maml` composes into ``adapt`` and the meta-loss:
 
 * ``init(key) -> params``: parameters of the adapted model (policy, critic, Q...).
 * ``collect(key, params, task) -> data``: sample data for one (inner or outer) step;
@@ -13,7 +13,7 @@ functions that :mod:`metarl_jax.maml` composes into ``adapt`` and the meta-loss:
 * ``outer_loss(params, data) -> loss``: what the meta-gradient descends after adaptation.
 * optional ``inner_grad_and_log_prob(params, data, estimator) -> (loss, grads, log_prob_sum)``:
   the inner loss, its gradient and ``log_prob_of_data`` from *one* forward pass of the
-  model (what ``"dice"`` needs at every inner step); :func:`metarl_jax.maml.adapt` uses
+  model (what ``"dice"`` needs at every inner step); :func:`metarl_jax.algorithms.maml.adapt` uses
   it when present instead of three separate passes.
 * ``objective_estimate(data) -> scalar``: an unbiased estimate of the expected
   post-adaptation objective whose gradient the outer loss estimates (the mean
@@ -244,7 +244,7 @@ class CustomLossLearner:
     ``estimators``: the estimators the new inner loss implements. Default: those that step along
     the plain loss (``PLAIN_LOSS_ESTIMATORS``: ``"dice"``, ``"naive"``, ``"first_order"``); add
     ``"lvc"`` only if ``inner`` switches to an LVC-style surrogate when ``estimator == "lvc"``.
-    Asking :func:`metarl_jax.maml.adapt` for another one is a ``ValueError``, never a silent
+    Asking :func:`metarl_jax.algorithms.maml.adapt` for another one is a ``ValueError``, never a silent
     change of estimator. Without ``inner`` the base learner's estimators apply.
     """
 

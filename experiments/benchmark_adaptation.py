@@ -7,7 +7,7 @@ For every (task family, inner learner) pair this command
    (a) second-order MAML with the experiment's estimator (``dice`` or ``lvc``) and
    (b) first-order MAML (``estimator="first_order"``, same everything else);
 2. adds (c) the random initialisation all runs started from (the seed's ``theta_0``) and
-   (d) a multi-task pretrained initialisation (:func:`metarl_jax.algorithms.multitask.multitask_pretrain`:
+   (d) a multi-task pretrained initialisation (:func:`metarl_jax.algorithms.multitask.multitask`:
    the same iterations, meta-batch and optimizer maximising the return *without* adaptation);
 3. measures on ``--eval-tasks`` held-out tasks (fixed seed, the same tasks and the same
    sampling keys for every initialisation) the mean return after ``k = 0..K`` inner steps
@@ -56,10 +56,10 @@ from metarl_jax.training import checkpoint as ckpt
 from metarl_jax import evaluation, plotting
 from metarl_jax.benchmarking import cpu_model, jax_device_name
 from metarl_jax.experiment import MAMLExperimentConfig, build, write_json
-from metarl_jax.algorithms.maml import init_meta_params
-from metarl_jax.algorithms.multitask import multitask_pretrain
+from metarl_jax.algorithms.maml import init_meta_params, maml
+from metarl_jax.algorithms.multitask import multitask
 from metarl_jax.tasks import sample_tasks
-from metarl_jax.training.loop import load_meta_params, meta_train
+from metarl_jax.training.loop import load_meta_params, make_optimizer, run
 
 #: Experiment config giving the defaults of each (task, learner) pair; others use MAMLExperimentConfig.
 PAIR_CONFIGS: dict[tuple[str, str], type[MAMLExperimentConfig]] = {
@@ -186,18 +186,20 @@ def train_or_load(cfg: MAMLExperimentConfig, bench: AdaptationBenchmarkConfig, p
     family, learner, maml_so, train_config = build(cfg)
     maml_fo = dataclasses.replace(maml_so, estimator="first_order")
     sample = lambda key: sample_tasks(family, key, train_config.meta_batch)
+    skip = train_config.on_nonfinite == "skip"
+    pretraining = multitask(learner, maml_so, make_optimizer(train_config), sample, skip)
     pair_dir = os.path.join(bench.out_dir, slug(pair))
     params: dict[str, Any] = {}
     records: dict[str, dict] = {}
     for variant, maml_config in (("maml", maml_so), ("fo_maml", maml_fo)):
         t0 = time.perf_counter()
+        algorithm = maml(learner, maml_config, make_optimizer(train_config), sample, skip_nonfinite=skip)
         if bench.checkpoint_dir is not None:
             directory = _require_checkpoint(os.path.join(bench.checkpoint_dir, slug(pair), variant, "checkpoints"))
-            params[variant] = load_meta_params(directory, learner, maml_config)
+            params[variant] = load_meta_params(directory, algorithm)
             records[variant] = {"loaded_from": directory}
         else:
-            state, history = meta_train(learner, maml_config, train_config, sample,
-                                        os.path.join(pair_dir, variant), progress=False)
+            state, history = run(algorithm, train_config, os.path.join(pair_dir, variant), progress=False)
             params[variant] = state.meta_params
             last = history[-10:]
             records[variant] = {
@@ -211,11 +213,14 @@ def train_or_load(cfg: MAMLExperimentConfig, bench: AdaptationBenchmarkConfig, p
     if bench.checkpoint_dir is not None:
         source = os.path.join(bench.checkpoint_dir, slug(pair), "multitask")
         _require_checkpoint(os.path.join(source, "checkpoints"))
-        params["multitask"], _ = multitask_pretrain(learner, maml_so, train_config, sample, source)
+        state, _ = run(pretraining, train_config, source, progress=False, desc="multi-task iterations",
+                       metadata={"kind": "multitask"})
+        params["multitask"] = state.meta_params
         records["multitask"] = {"loaded_from": source}
     else:
-        params["multitask"], history = multitask_pretrain(learner, maml_so, train_config, sample,
-                                                          os.path.join(pair_dir, "multitask"))
+        state, history = run(pretraining, train_config, os.path.join(pair_dir, "multitask"), progress=False,
+                             desc="multi-task iterations", metadata={"kind": "multitask"})
+        params["multitask"] = state.meta_params
         records["multitask"] = {
             "iterations": int(train_config.num_iterations),  # run_loop runs exactly num_iterations
             "seconds": round(time.perf_counter() - t0, 2),
@@ -223,7 +228,7 @@ def train_or_load(cfg: MAMLExperimentConfig, bench: AdaptationBenchmarkConfig, p
             "final_train_return": float(np.mean([h["return"] for h in history[-10:]])) if history else None,
         }
     print(f"  multitask: {records['multitask']}", flush=True)
-    # theta_0 of every run above: init_train_state splits PRNGKey(seed) into (key_init, key_run).
+    # theta_0 of every run above: each algorithm's init splits PRNGKey(seed) into (key_init, key_run).
     key_init = jax.random.split(jax.random.PRNGKey(train_config.seed))[0]
     params["random"] = init_meta_params(key_init, learner, maml_so)
     records["random"] = {"note": "theta_0 the trained runs started from"}

@@ -5,13 +5,13 @@ Estimators ``dice`` (unbiased), ``lvc`` (ProMP), ``naive`` (plain surrogate, bia
 (every setting but the estimator is the experiment's; flags shrink it).
 
 1. Learning curves. For each estimator, ``--seeds`` meta-training runs in one jitted call
-   vmapped over seeds (seed ``s`` runs exactly what ``meta_train`` runs with seed
-   ``--seed + s``: every estimator sees the same ``theta_0`` and task sequence per seed).
+   vmapped over seeds (seed ``s`` runs exactly what ``training.loop.run`` runs for the experiment's
+   MAML with seed ``--seed + s``: every estimator sees the same ``theta_0`` and task sequence per seed).
    Recorded: the post-adaptation return of the training batches per meta-iteration, and
    the final post-adaptation return (``K = 1``) on ``--eval-tasks`` held-out tasks.
 2. Meta-gradient variance at fixed parameters. For the initial parameters (seed 0's
    ``theta_0``) and a trained checkpoint (the final parameters of seed 0 of ``--reference``,
-   or ``--checkpoint-dir``, a ``meta_train`` run's ``checkpoints/``), the meta-gradient of
+   or ``--checkpoint-dir``, a MAML training run's ``checkpoints/``), the meta-gradient of
    one fixed task batch (``meta_batch`` tasks) is computed for ``--grad-keys`` PRNG keys in
    one jitted call (``lax.map`` over the keys in vmapped chunks of ``--grad-key-chunk``).
    With ``g_1..g_G`` the flattened gradients and ``g_bar`` their mean: ``var_trace =
@@ -47,7 +47,7 @@ from experiments.maml_navigation import NavigationConfig
 from metarl_jax import evaluation
 from metarl_jax.experiment import build, write_json
 from metarl_jax.learners.pg import ESTIMATORS
-from metarl_jax.algorithms.maml import init_train_state, make_meta_gradient, make_meta_train_step
+from metarl_jax.algorithms.maml import make_meta_gradient, maml
 from metarl_jax.tasks import sample_tasks
 from metarl_jax.training.loop import load_meta_params, make_multi_step, make_optimizer
 
@@ -64,7 +64,7 @@ class EstimatorBenchmarkConfig:
       grad_keys: PRNG keys of the variance measurement (>= 2).
       grad_key_chunk: keys vmapped at once inside the measurement (memory knob).
       reference: estimator whose trained seed-0 parameters are the "trained" point.
-      checkpoint_dir: a ``meta_train`` run's ``checkpoints/`` to use as the trained point instead.
+      checkpoint_dir: a MAML training run's ``checkpoints/`` to use as the trained point instead.
       eval_tasks: held-out tasks of the final post-adaptation return.
       meta_batch / episodes / horizon / hidden_sizes: override NavigationConfig (None: its default).
     """
@@ -125,11 +125,11 @@ def train_seeds(cfg: NavigationConfig, num_seeds: int):
     family, learner, maml_config, train_config = build(cfg)
     optimizer = make_optimizer(train_config)
     sample = lambda key: sample_tasks(family, key, train_config.meta_batch)
-    step = make_meta_train_step(learner, maml_config, optimizer, sample)
+    algorithm = maml(learner, maml_config, optimizer, sample)
     keys = jnp.stack([jax.random.PRNGKey(cfg.seed + s) for s in range(num_seeds)])
-    states = jax.vmap(lambda k: init_train_state(k, learner, maml_config, optimizer))(keys)
+    states = jax.vmap(algorithm.init)(keys)
     chunk = int(cfg.iterations_per_call)
-    multi = jax.jit(jax.vmap(make_multi_step(step, chunk)))
+    multi = jax.jit(jax.vmap(make_multi_step(algorithm.step, chunk)))
     returns, nonfinite, first = [], 0, None
     t0 = time.perf_counter()
     for _ in range(-(-int(cfg.num_iterations) // chunk)):
@@ -190,10 +190,11 @@ def run(bench: EstimatorBenchmarkConfig) -> dict:
     # Gradient statistics at the initial parameters and at one trained point, shared by all estimators.
     ref_cfg = bench.experiment(bench.reference)
     family, ref_learner, ref_maml, ref_train = build(ref_cfg)
-    optimizer = make_optimizer(ref_train)
-    points = {"initial": init_train_state(jax.random.PRNGKey(bench.seed), ref_learner, ref_maml, optimizer).meta_params}
+    reference = maml(ref_learner, ref_maml, make_optimizer(ref_train),
+                     lambda key: sample_tasks(family, key, ref_train.meta_batch))
+    points = {"initial": reference.init(jax.random.PRNGKey(bench.seed)).meta_params}
     if bench.checkpoint_dir is not None:
-        points["trained"] = load_meta_params(bench.checkpoint_dir, ref_learner, ref_maml)
+        points["trained"] = load_meta_params(bench.checkpoint_dir, reference)
         trained_source = bench.checkpoint_dir
     elif bench.reference in trained_params:
         points["trained"] = trained_params[bench.reference]
@@ -287,7 +288,7 @@ def parse_args(argv: list[str] | None) -> EstimatorBenchmarkConfig:
     parser.add_argument("--grad-keys", type=int, default=defaults.grad_keys)
     parser.add_argument("--grad-key-chunk", type=int, default=defaults.grad_key_chunk)
     parser.add_argument("--reference", default=defaults.reference)
-    parser.add_argument("--checkpoint-dir", default=None, help="a meta_train run's checkpoints/ (trained point)")
+    parser.add_argument("--checkpoint-dir", default=None, help="a MAML training run's checkpoints/ (trained point)")
     parser.add_argument("--eval-tasks", type=int, default=defaults.eval_tasks)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--out-dir", default=defaults.out_dir)

@@ -7,7 +7,7 @@ steps, Gaussian MLP policy 100x100 ReLU (a categorical one for ``--task bandit``
 advantages, gamma 0.99, one inner SGD step with lr 0.1, ``PGConfig(normalize="step")``,
 estimator ``"dice"`` for second order and ``"first_order"`` for first order, then
 one ``optax.adam(1e-3)`` update. One meta-iteration is one jitted call of
-:func:`metarl_jax.algorithms.maml.make_meta_train_step` (task sampling + meta-gradient + Adam).
+``step`` of :func:`metarl_jax.algorithms.maml.maml` (task sampling + meta-gradient + Adam).
 
 What is measured, per configuration:
 
@@ -60,7 +60,7 @@ import optax
 
 from metarl_jax.benchmarking import device_description
 from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
-from metarl_jax.algorithms.maml import MAMLConfig, auto_task_chunk, init_train_state, make_meta_train_step
+from metarl_jax.algorithms.maml import MAMLConfig, auto_task_chunk, maml
 from metarl_jax.networks import make_policy_for
 from metarl_jax.tasks import make_family
 from metarl_jax.tasks.base import sample_tasks
@@ -216,11 +216,9 @@ def matmul_ceilings(meta_batch: int, repeats: int = 7) -> dict:
 
 
 def _make_step(bench: Bench, meta_batch: int):
-    optimizer = optax.adam(OUTER_LR)
-    step = make_meta_train_step(bench.learner, bench.maml, optimizer,
-                                lambda key: sample_tasks(bench.family, key, meta_batch))
-    state = init_train_state(jax.random.PRNGKey(0), bench.learner, bench.maml, optimizer)
-    return step, state
+    algorithm = maml(bench.learner, bench.maml, optax.adam(OUTER_LR),
+                     lambda key: sample_tasks(bench.family, key, meta_batch))
+    return algorithm.step, algorithm.init(jax.random.PRNGKey(0))
 
 
 def _unrolled_flops(bench: Bench, meta_batch: int) -> float | None:

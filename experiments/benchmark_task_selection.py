@@ -5,7 +5,7 @@ best arm is arm 0, except in a rare ``rare_fraction`` of the tasks, where it is 
 arm. Every variant (uniform sampling; PLR with rank prioritisation at each temperature in
 ``temperatures``, scored by the optimality gap ``R* - R_post``) meta-trains the same
 learner from the same seed on the same fixed pool of ``pool_size`` tasks for the same
-number of meta-iterations (:func:`metarl_jax.algorithms.task_selection.meta_train_with_selection`). Then,
+number of meta-iterations (:func:`metarl_jax.algorithms.task_selection.with_task_selection` around MAML). Then,
 on ``eval_tasks`` held-out tasks (fresh draws from the family, the same for every run),
 each meta-learned policy adapts with the training procedure (``inner_steps`` inner steps)
 and is scored with ``eval_episodes`` episodes. Reported per run and as mean ± sd over seeds:
@@ -34,10 +34,13 @@ import jax
 import numpy as np
 
 from metarl_jax import evaluation
-from metarl_jax.algorithms.task_selection import meta_train_with_selection, tail_mean
+from metarl_jax.algorithms.maml import maml
+from metarl_jax.algorithms.task_selection import tail_mean, with_task_selection
 from metarl_jax.experiment import LEARNERS, MAMLExperimentConfig, new_run_dir, write_json
 from metarl_jax.algorithms.task_sampler import TaskSelectionConfig
 from metarl_jax.tasks import sample_tasks
+from metarl_jax.training.loop import make_optimizer
+from metarl_jax.training.loop import run as training_run
 from metarl_jax.tasks.hard_tasks import RareBestArmBandit
 
 @dataclasses.dataclass(frozen=True)
@@ -131,14 +134,21 @@ def run(bench: TaskSelectionBenchmark, progress: bool = True) -> dict:
     print(f"run directory: {root}  (jax {jax.__version__} on {jax.devices()[0].platform})", file=sys.stderr)
 
     variants = bench.variants()
+    # One algorithm per variant, shared by the seeds (they differ only in the initial key): one compilation each.
+    outer_tx, skip = make_optimizer(base.train_config()), base.on_nonfinite == "skip"
+    algorithms = {name: with_task_selection(lambda sample: maml(learner, maml_config, outer_tx, sample,
+                                                                skip_nonfinite=skip),
+                                            learner.env, selection, base.meta_batch, int(learner.config.horizon))
+                  for name, selection in variants.items()}
     runs = {name: [] for name in variants}
     rare_drawn = {name: [] for name in variants}
     for seed in bench.seeds:
         train_config = bench.experiment_config(seed).train_config()
         for name, selection in variants.items():
             t0 = time.perf_counter()
-            state, history = meta_train_with_selection(learner, maml_config, train_config, selection,
-                                                       os.path.join(root, f"{name}-seed{seed}"), progress=progress)
+            state, history = training_run(algorithms[name], train_config, os.path.join(root, f"{name}-seed{seed}"),
+                                          progress=progress, desc=f"meta-iterations ({selection.strategy})",
+                                          metadata={"selection": dataclasses.asdict(selection)})
             seconds = time.perf_counter() - t0
             returns = np.asarray(curve(state.meta_params))  # [tasks, inner_steps + 1]
             post = returns[:, -1]

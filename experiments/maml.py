@@ -1,12 +1,8 @@
-"""Generic MAML experiment: any inner learner on any task family.
+"""Repository entry point: ``python -m experiments.maml`` runs :mod:`metarl_jax.experiments.maml`
+(installed: ``python -m metarl_jax.experiments.maml`` or ``metarl-maml``)."""
 
-    python -m experiments.maml --learner pg --task navigation
-    python -m experiments.maml --learner ac --task cartpole --horizon 200
-    python -m experiments.maml --learner q --task maze --tabular-policy --horizon 20
-    python -m experiments.maml --help
-"""
-
-from metarl_jax.experiment import MAMLExperimentConfig, cli_main
+from metarl_jax.experiments.maml import *  # noqa: F401,F403
+from metarl_jax.experiments.maml import main
 
 if __name__ == "__main__":
-    cli_main(MAMLExperimentConfig, description=__doc__)
+    main()

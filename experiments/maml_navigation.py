@@ -1,30 +1,8 @@
-"""Second-order MAML on 2D point navigation (Finn et al. 2017), the main job of ``make run``.
+"""Repository entry point: ``python -m experiments.maml_navigation`` runs :mod:`metarl_jax.experiments.maml_navigation`
+(installed: ``python -m metarl_jax.experiments.maml_navigation`` or ``metarl-maml-navigation``)."""
 
-    python -m experiments.maml_navigation --help
-    python -m experiments.maml_navigation --num-iterations 300 --estimator lvc
-"""
-
-import dataclasses
-
-from metarl_jax.experiment import MAMLExperimentConfig, cli_main
-
-
-@dataclasses.dataclass(frozen=True)
-class NavigationConfig(MAMLExperimentConfig):
-    """Second-order MAML-PG on Navigation2D; defaults finish in a few minutes on a 2-core CPU.
-
-    The default estimator is ProMP's ``lvc`` (second order, low variance); ``dice`` is the unbiased
-    one and learns more slowly here because of its variance (see docs/benchmarks.md).
-    """
-
-    task: str = "navigation"
-    name: str = "maml_navigation"
-    num_iterations: int = 150
-    meta_batch: int = 20
-    num_episodes: int = 20
-    horizon: int = 100
-    estimator: str = "lvc"
-
+from metarl_jax.experiments.maml_navigation import *  # noqa: F401,F403
+from metarl_jax.experiments.maml_navigation import main
 
 if __name__ == "__main__":
-    cli_main(NavigationConfig, description=__doc__)
+    main()

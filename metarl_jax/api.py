@@ -4,10 +4,10 @@
 ``predict`` / ``save`` / ``load``) and is a thin layer over the functional core:
 :func:`metarl_jax.experiment.LEARNERS` builds the learner from a validated
 :class:`~metarl_jax.experiment.MAMLExperimentConfig`, training runs
-:func:`metarl_jax.algorithms.maml.make_meta_train_step` in the one training loop,
+:func:`metarl_jax.algorithms.maml.maml` in the one training loop,
 :func:`metarl_jax.training.loop.run_loop` (``lax.scan`` calls of ``iterations_per_call``
 meta-iterations, as :func:`metarl_jax.training.loop.meta_train`),
-adaptation is :func:`metarl_jax.algorithms.maml.adapt`, actions come from the policy's mode
+adaptation is :func:`metarl_jax.algorithms.inner.adapt`, actions come from the policy's mode
 (:class:`metarl_jax.deploy.ModeActions`), and ``save`` / ``load`` use the
 crash-safe checkpoints of :mod:`metarl_jax.training.checkpoint`. The object holds the
 state the functions thread explicitly (training state, adapted parameters, a
@@ -33,7 +33,8 @@ import numpy as np
 from metarl_jax.training import checkpoint as ckpt
 from metarl_jax.deploy import ModeActions, check_single_task
 from metarl_jax.experiment import FAMILY_FIELDS, LEARNERS, MAMLExperimentConfig
-from metarl_jax.algorithms.maml import adapt, init_train_state, make_meta_train_step
+from metarl_jax.algorithms.inner import adapt
+from metarl_jax.algorithms.maml import maml
 from metarl_jax.policy_selection import SelectionConfig, select_adapted
 from metarl_jax.tasks import (
     FAMILY_NAMES,
@@ -137,14 +138,14 @@ class MetaRL:
         self.maml_config = self.config.maml_config()
         self.train_config = self.config.train_config()
         self._optimizer = make_optimizer(self.train_config)
+        self._compiled: dict[Any, Any] = {}
         seed = self.config.seed
-        self._state = init_train_state(jax.random.PRNGKey(seed), self.learner, self.maml_config, self._optimizer)
+        self._state = self._algorithm().init(jax.random.PRNGKey(seed))
         self._key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
         self._adapted = None
         self.task = None
         self.last_selection: dict | None = None
         self.history: list[dict] = []
-        self._compiled: dict[Any, Any] = {}
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
@@ -188,11 +189,12 @@ class MetaRL:
         return int(self._state.step)
 
     # ------------------------------------------------------------------ train / adapt / predict
-    def _train_step(self):
-        """The meta-iteration ``state -> (state, metrics)``, built once (so ``run_loop`` compiles it once)."""
+    def _algorithm(self):
+        """MAML over this object's family and learner (:func:`metarl_jax.algorithms.maml.maml`), built once
+        (so the training loop compiles its step once)."""
         if "train" not in self._compiled:
             family, batch = self.family, self.train_config.meta_batch
-            self._compiled["train"] = make_meta_train_step(
+            self._compiled["train"] = maml(
                 self.learner, self.maml_config, self._optimizer, lambda key: sample_tasks(family, key, batch),
                 skip_nonfinite=self.train_config.on_nonfinite == "skip")
         return self._compiled["train"]
@@ -212,7 +214,7 @@ class MetaRL:
         config = dataclasses.replace(self.train_config, num_iterations=self.iterations + num_iterations)
         self._adapted = None
         try:
-            self._state, records = run_loop(self._train_step(), self._state, config, progress=False)
+            self._state, records = run_loop(self._algorithm().step, self._state, config, progress=False)
         except NonFiniteGradientError as err:
             if err.last_good_state is not None:
                 self._state = err.last_good_state

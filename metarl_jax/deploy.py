@@ -51,7 +51,8 @@ from flax import struct
 from gymnax.environments import spaces
 
 from metarl_jax.training import checkpoint as ckpt
-from metarl_jax.algorithms.maml import MAMLConfig, sgd_inner_update
+from metarl_jax.algorithms.inner import apply_inner_rule, inner_gradient, inner_rule, sgd
+from metarl_jax.algorithms.maml import MAMLConfig
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks.base import num_tasks_in
 
@@ -171,30 +172,24 @@ def deploy(
     env = learner.env
     check_single_task(env, task)
     theta = meta_params["policy"]
-    lr = meta_params.get("inner_lr", maml_config.inner_lr) if inner_lr is None else jnp.asarray(inner_lr)
+    rule = inner_rule(maml_config, meta_params, inner_optimizer) if inner_lr is None else sgd(jnp.asarray(inner_lr))
     discrete = is_discrete(env)
     num_actions = int(env.action_space(env.default_params).n) if discrete else 0
     mode = ModeActions(learner)
     horizon = int(learner.config.horizon)
-    opt_state = inner_optimizer.init(theta) if inner_optimizer is not None else None
+    opt_state = rule.init(theta)
+    estimator = maml_config.estimator
 
-    def inner_gradient(phi, data):
-        if hasattr(learner, "inner_grad"):
-            return learner.inner_grad(phi, data, maml_config.estimator)
-        return jax.value_and_grad(learner.inner_loss)(phi, data, maml_config.estimator)
-
-    def update(phi, opt_state, grads):
-        if inner_optimizer is None:
-            return sgd_inner_update(phi, grads, lr), opt_state
-        updates, opt_state = inner_optimizer.update(grads, opt_state, phi)
-        return optax.apply_updates(phi, updates), opt_state
+    def step_gradient(phi, data):
+        loss, grads, _ = inner_gradient(learner, estimator, phi, data)
+        return loss, grads
 
     def round_(carry, xs):
         phi, opt_state, best = carry
         round_key, r = xs
         data = learner.collect(round_key, phi, task)
         round_return = learner.mean_return(data)
-        loss, grads = inner_gradient(phi, data)
+        loss, grads = step_gradient(phi, data)
         episode_returns = data.episode_returns(1.0)
         stderr = jnp.std(episode_returns, ddof=1) / jnp.sqrt(episode_returns.shape[0]) if episode_returns.shape[0] > 1 \
             else jnp.zeros_like(round_return)
@@ -208,14 +203,14 @@ def deploy(
             best_index = jnp.where(accepted, r, best_index)
             # A rejected step is retaken from the best parameters on a fresh batch of their episodes.
             retake = learner.collect(jax.random.fold_in(round_key, 2), best_phi, task)
-            _, retake_grads = inner_gradient(best_phi, retake)
+            _, retake_grads = step_gradient(best_phi, retake)
             grads = jax.tree.map(lambda g, h: jnp.where(accepted, g, h), grads, retake_grads)
             extra = extra + jnp.where(accepted, 0, retake.num_episodes).astype(jnp.int32)
-            new_phi, opt_state = update(best_phi, best_opt, grads)
+            new_phi, opt_state = apply_inner_rule(rule, grads, best_opt, best_phi)
             best = (best_phi, best_opt, best_return, best_index, extra)
             start = best_index
         else:
-            new_phi, opt_state = update(phi, opt_state, grads)
+            new_phi, opt_state = apply_inner_rule(rule, grads, opt_state, phi)
             start = r
         mask = data.mask
         if discrete:

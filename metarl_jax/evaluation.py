@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metarl_jax.algorithms.maml import MAMLConfig, adapt
+from metarl_jax.algorithms.inner import adapt
+from metarl_jax.algorithms.maml import MAMLConfig
 from metarl_jax.tasks.base import num_tasks_in
 
 
@@ -28,7 +29,7 @@ def adaptation_returns(learner, config: MAMLConfig, meta_params, tasks, key: jax
     def one_task(task, k):
         key_inner, key_outer = jax.random.split(k)
         phi, info = adapt(learner, cfg, meta_params, task, key_inner)
-        final = learner.mean_return(learner.collect_outer(key_outer, phi, task))
+        final = learner.mean_return(learner.collect_outer(key_outer, phi, task).traj)
         return jnp.concatenate([info.inner_returns, final[None]])
 
     keys = jax.random.split(key, num_tasks_in(tasks))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import sys
@@ -23,11 +24,15 @@ import numpy as np
 
 from metarl_jax import evaluation, plotting
 from metarl_jax.learners.pg import ESTIMATORS, PLAIN_LOSS_ESTIMATORS, PGConfig, PolicyGradientLearner, _require
-from metarl_jax.algorithms.maml import MAMLConfig, auto_task_chunk, init_meta_params
+from metarl_jax.algorithms.base import MetaAlgorithm
+from metarl_jax.algorithms.maml import MAMLConfig, auto_task_chunk, init_meta_params, maml
+from metarl_jax.algorithms.multitask import multitask
+from metarl_jax.algorithms.outer import ProMPConfig, TRPOConfig, promp, trpo
 from metarl_jax.networks import make_policy_for
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks import FAMILY_NAMES, make_family, sample_tasks
-from metarl_jax.training.loop import TrainConfig, meta_train
+from metarl_jax.training.loop import TrainConfig, make_optimizer
+from metarl_jax.training.loop import run as training_run
 
 
 #: Inner step sizes by ``(task, learner)`` under the config's surrogate defaults (``normalize="step"``,
@@ -111,8 +116,25 @@ class MAMLExperimentConfig:
     run_dir: str | None = None
     """resume this run directory instead of starting a new one"""
     name: str = "maml"
+    algorithm: str = "maml"
+    """outer algorithm: 'maml' (Adam on the meta-gradient through the adaptation), 'trpo' (the MAML paper's outer rule: a natural-gradient step in a KL trust region of size max_kl), 'promp' (ProMP: num_outer_steps Adam steps at outer_lr on a clipped surrogate per sampled batch; ProMP proper uses --estimator lvc), 'multitask' (the baseline: trains the start without adaptation)"""
+    max_kl: float = 0.01
+    """trpo: trust region, the mean KL between the old and new adapted policies"""
+    cg_iters: int = 10
+    """trpo: conjugate-gradient iterations"""
+    cg_damping: float = 0.01
+    """trpo: damping added to the KL Hessian"""
+    clip_eps: float = 0.3
+    """promp: clip range of the likelihood ratio"""
+    kl_coef: float = 0.0005
+    """promp: weight of the pre-adaptation KL penalty"""
+    num_outer_steps: int = 5
+    """promp: optimizer steps on each sampled meta-batch"""
 
     def __post_init__(self):
+        _require(self.algorithm in ALGORITHMS, "algorithm", self.algorithm, f"allowed values are {tuple(ALGORITHMS)}")
+        _require(self.algorithm not in ("trpo", "promp") or self.learner != "q", "algorithm", self.algorithm,
+                 "TRPO and ProMP need a policy-gradient outer objective; with learner='q' use 'maml' or 'multitask'")
         _require(self.task in FAMILY_NAMES, "task", self.task, f"allowed values are {FAMILY_NAMES}")
         _require(self.learner in LEARNERS, "learner", self.learner, f"allowed values are {tuple(LEARNERS)}")
         _require(self.estimator in ESTIMATORS, "estimator", self.estimator, f"allowed values are {ESTIMATORS}")
@@ -136,6 +158,10 @@ class MAMLExperimentConfig:
             self.q_config()
         self.maml_config()
         self.train_config()
+        if self.algorithm == "trpo":
+            self.trpo_config()
+        if self.algorithm == "promp":
+            self.promp_config()
 
     def pg_config(self) -> PGConfig:
         return PGConfig(num_inner_episodes=self.num_episodes, num_outer_episodes=self.num_episodes,
@@ -182,6 +208,13 @@ class MAMLExperimentConfig:
                           estimator=self.estimator, task_chunk=self.resolved_task_chunk(),
                           init_entropy_coef=self.init_entropy_coef)
 
+    def trpo_config(self) -> TRPOConfig:
+        return TRPOConfig(max_kl=self.max_kl, cg_iters=self.cg_iters, cg_damping=self.cg_damping)
+
+    def promp_config(self) -> ProMPConfig:
+        return ProMPConfig(clip_eps=self.clip_eps, kl_coef=self.kl_coef, num_outer_steps=self.num_outer_steps,
+                           outer_lr=self.outer_lr)
+
     def train_config(self) -> TrainConfig:
         return TrainConfig(num_iterations=self.num_iterations, meta_batch=self.meta_batch, outer_lr=self.outer_lr,
                            seed=self.seed, iterations_per_call=self.iterations_per_call,
@@ -220,6 +253,28 @@ def _build_q(config: MAMLExperimentConfig, family):
 LEARNERS: dict[str, Callable[[MAMLExperimentConfig, Any], Any]] = {"pg": _build_pg, "ac": _build_ac, "q": _build_q}
 
 
+def _maml(config: MAMLExperimentConfig, learner, outer_tx, sample, skip_nonfinite: bool) -> MetaAlgorithm:
+    return maml(learner, config.maml_config(), outer_tx, sample, skip_nonfinite=skip_nonfinite)
+
+
+def _trpo(config: MAMLExperimentConfig, learner, outer_tx, sample, skip_nonfinite: bool) -> MetaAlgorithm:
+    del outer_tx, skip_nonfinite  # TRPO's step is set by max_kl; its line search never takes a non-finite step
+    return trpo(learner, config.maml_config(), config.trpo_config(), sample)
+
+
+def _promp(config: MAMLExperimentConfig, learner, outer_tx, sample, skip_nonfinite: bool) -> MetaAlgorithm:
+    return promp(learner, config.maml_config(), config.promp_config(), sample, outer_tx, skip_nonfinite)
+
+
+def _multitask(config: MAMLExperimentConfig, learner, outer_tx, sample, skip_nonfinite: bool) -> MetaAlgorithm:
+    return multitask(learner, config.maml_config(), outer_tx, sample, skip_nonfinite)
+
+
+#: Outer algorithms by name: ``builder(config, learner, outer_tx, sample_tasks, skip_nonfinite) -> MetaAlgorithm``.
+ALGORITHMS: dict[str, Callable[..., MetaAlgorithm]] = {"maml": _maml, "trpo": _trpo, "promp": _promp,
+                                                        "multitask": _multitask}
+
+
 #: Config fields that are arguments of a family's constructor: ``{field: (family name, argument)}``.
 FAMILY_FIELDS = {"num_arms": ("bandit", "num_arms"), "maze_size": ("maze", "size")}
 
@@ -236,6 +291,31 @@ def build(config: MAMLExperimentConfig):
     family = make_family(config.task, **family_kwargs(config))
     learner = LEARNERS[config.learner](config, family)
     return family, learner, config.maml_config(), config.train_config()
+
+
+#: Fields that do not change the compiled meta-iteration (where the run goes, how it is evaluated).
+_RUN_ONLY_FIELDS = ("seed", "out_dir", "run_dir", "name", "eval_tasks", "eval_steps", "checkpoint_every")
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_algorithm(config: MAMLExperimentConfig):
+    family, learner, _, train_config = build(config)
+    sample = lambda key: sample_tasks(family, key, train_config.meta_batch)
+    return ALGORITHMS[config.algorithm](config, learner, make_optimizer(train_config), sample,
+                                        train_config.on_nonfinite == "skip")
+
+
+def build_algorithm(config: MAMLExperimentConfig) -> MetaAlgorithm:
+    """The :class:`~metarl_jax.algorithms.base.MetaAlgorithm` an experiment config trains.
+
+    ``config.algorithm`` picks the outer rule (:data:`ALGORITHMS`); tasks are drawn from the
+    config's family, ``meta_batch`` per iteration; the outer optimizer is
+    :func:`metarl_jax.training.loop.make_optimizer`'s. Configs that differ only in where the run
+    goes, its seed or its evaluation return the same object, so their runs share one compilation.
+    """
+    defaults = MAMLExperimentConfig()
+    key = dataclasses.replace(config, **{f: getattr(defaults, f) for f in _RUN_ONLY_FIELDS})
+    return _cached_algorithm(key)
 
 
 def new_run_dir(config: MAMLExperimentConfig) -> str:
@@ -341,8 +421,8 @@ def run(config: MAMLExperimentConfig, progress: bool = True) -> dict:
     os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(config))
     print(f"run directory: {run_dir}  (jax {jax.__version__} on {jax.devices()[0].platform})")
-    sample = lambda key: sample_tasks(family, key, train_config.meta_batch)
-    state, history = meta_train(learner, maml_config, train_config, sample, run_dir, progress=progress)
+    state, history = training_run(build_algorithm(config), train_config, run_dir, progress=progress,
+                                  desc=f"meta-iterations ({config.algorithm})", metadata={"algorithm": config.algorithm})
     result = evaluate(config, family, learner, maml_config, state.meta_params)
     result["run_dir"] = run_dir
     result["iterations"] = int(state.step)

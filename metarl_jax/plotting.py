@@ -10,10 +10,15 @@ import numpy as np  # noqa: E402
 
 
 def plot_learning_curve(history: list[dict], path: str, title: str = "meta-training") -> None:
-    """Pre- and post-adaptation return of the training batches against meta-iteration."""
+    """Pre- and post-adaptation return of the training batches against meta-iteration
+    (``return`` for the multi-task baseline, which does not adapt while training)."""
     it = np.array([h["iteration"] for h in history])
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, label in [("pre_adaptation_return", "before adaptation"), ("post_adaptation_return", "after adaptation")]:
+    series = [("pre_adaptation_return", "before adaptation"), ("post_adaptation_return", "after adaptation"),
+              ("return", "multi-task (no adaptation)")]
+    for name, label in series:
+        if not history or name not in history[0]:
+            continue
         y = np.array([h[name] for h in history])
         k = max(1, len(y) // 20)
         smooth = np.convolve(y, np.ones(k) / k, mode="valid")

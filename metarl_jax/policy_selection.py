@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarl_jax.learners.pg import _require
-from metarl_jax.algorithms.maml import MAMLConfig, adapt
+from metarl_jax.algorithms.inner import adapt
+from metarl_jax.algorithms.maml import MAMLConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +123,7 @@ def select_adapted(learner, config: MAMLConfig, meta_params: dict, task, key: ja
     stacked, steps, scales = adaptation_candidates(learner, config, meta_params, task, key_adapt, selection)
     num_candidates = int(steps.shape[0])
     val_keys = jax.random.split(key_val, num_candidates)
-    values = jax.vmap(lambda p, k: learner.mean_return(learner.collect_outer(k, p, task)))(stacked, val_keys)
+    values = jax.vmap(lambda p, k: learner.mean_return(learner.collect_outer(k, p, task).traj))(stacked, val_keys)
     chex.assert_shape(values, (num_candidates,))
     chosen = jnp.argmax(values).astype(jnp.int32)
     lcfg = learner.config

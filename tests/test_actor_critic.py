@@ -41,10 +41,9 @@ from metarl_jax.learners.actor_critic import (
 from metarl_jax.algorithms.maml import (
     MAMLConfig,
     init_meta_params,
-    init_train_state,
+    maml,
     make_meta_gradient,
     make_meta_loss,
-    make_meta_train_step,
 )
 from metarl_jax.networks import CategoricalPolicy, GaussianPolicy, TabularPolicy
 from metarl_jax.tasks.bandit import BanditParams, BernoulliBandit
@@ -76,6 +75,11 @@ class StoppedTargets:
     def inner_grad(self, params, data, estimator):
         loss, grads = jax.value_and_grad(self.base.inner_loss)(params, data, estimator)
         return loss, self.base.model.scale_critic_grads(grads, self.base.config.critic_scale)
+
+    def inner_grad_and_log_prob(self, params, data, estimator):
+        """``"dice"``'s inner step: the stopped gradient above, with the base's score term."""
+        loss, grads = self.inner_grad(params, data, estimator)
+        return loss, grads, self.base.log_prob_of_data(params, data)
 
     def __getattr__(self, name):
         return getattr(self.base, name)
@@ -350,8 +354,9 @@ def test_meta_training_improves_post_adaptation_return():
     # ProMP's LVC estimator: with 4 tasks per batch, DiCE's score term is too noisy for a short run.
     config = MAMLConfig(inner_steps=1, inner_lr=0.1, estimator="lvc")
     optimizer = optax.adam(1e-2)
-    state = fast_jit(lambda: init_train_state(jax.random.PRNGKey(0), learner, config, optimizer))()
-    step = fast_jit(make_meta_train_step(learner, config, optimizer, lambda k: sample_tasks(env, k, 4)), state)
+    algorithm = maml(learner, config, optimizer, lambda k: sample_tasks(env, k, 4))
+    state = fast_jit(lambda: algorithm.init(jax.random.PRNGKey(0)))()
+    step = fast_jit(algorithm.step, state)
 
     def post_adaptation_return(meta_params):
         """Mean over 10 fresh 4-task batches, reusing the compiled step's metrics (taken before its update)."""
@@ -446,14 +451,15 @@ def test_objective_estimate_carries_the_outer_surrogate_scale():
     params = {"actor": {"logits": jnp.asarray([[0.2, -0.1]])}, "critic": {"values": jnp.asarray([0.3])}}
     task = BanditParams(probs=jnp.asarray([0.7, 0.4]), max_steps_in_episode=3)
     key = jax.random.PRNGKey(5)
-    traj, estimate = fast_jit(lambda p, k: (lambda d: (d, learner.objective_estimate(d)))(
+    batch, estimate, scale = fast_jit(lambda p, k: (lambda b: (b, learner.objective_estimate(b),
+                                                             learner.outer_surrogate_scale(p, b.traj)))(
         learner.collect_outer(k, p, task)), params, key)(params, key)
-    reward = np.asarray(traj.reward, np.float64)  # [6, 3], every step valid
+    reward = np.asarray(batch.traj.reward, np.float64)  # [6, 3], every step valid
     discounts = 0.9 ** np.arange(3)
     to_go = np.stack([np.sum(reward[:, t:] * discounts[: 3 - t], axis=1) for t in range(3)], axis=1)
     expected = np.mean(reward @ discounts) * (6 / 18) / np.std(to_go - 0.3)
     np.testing.assert_allclose(float(estimate), expected, rtol=1e-4)
-    np.testing.assert_allclose(float(traj.surrogate_scale), (6 / 18) / np.std(to_go - 0.3), rtol=1e-4)
+    np.testing.assert_allclose(float(scale), (6 / 18) / np.std(to_go - 0.3), rtol=1e-4)
 
 
 @pytest.mark.parametrize("bootstrap", [False, True])

@@ -15,10 +15,10 @@ import pytest
 from experiments import benchmark_adaptation, benchmark_estimators
 from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
 from metarl_jax.algorithms.maml import MAMLConfig, init_meta_params
-from metarl_jax.algorithms.multitask import multitask_pretrain
+from metarl_jax.algorithms.multitask import multitask
 from metarl_jax.networks import make_policy_for
 from metarl_jax.tasks import BanditParams, BernoulliBandit
-from metarl_jax.training.loop import TrainConfig
+from metarl_jax.training.loop import TrainConfig, make_optimizer, run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -139,7 +139,9 @@ def test_multitask_pretraining_learns_the_shared_structure():
                                              gamma=1.0, baseline="mean"))
     maml_config = MAMLConfig(inner_lr=0.5, learn_inner_lr=True)
     train_config = TrainConfig(num_iterations=30, meta_batch=16, outer_lr=0.1, iterations_per_call=30)
-    meta_params, history = multitask_pretrain(learner, maml_config, train_config, sample)
+    state, history = run(multitask(learner, maml_config, make_optimizer(train_config), sample), train_config,
+                         progress=False)
+    meta_params = state.meta_params
 
     random_params = init_meta_params(jax.random.PRNGKey(0), learner, maml_config)
     assert jax.tree.structure(meta_params) == jax.tree.structure(random_params)

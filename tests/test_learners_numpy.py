@@ -96,7 +96,8 @@ def test_step_normalisation_inner_loss_and_score_sum_match_numpy(batch):
 
 
 def test_objective_estimate_is_the_mean_return_on_the_surrogates_scale(batch):
-    """``V_hat = mean_e G_e * c / (std(raw A) + 1e-8)`` with the raw (unstandardised) advantages' std over the
+    """``objective_of`` (what ``collect_outer`` stores as ``OuterBatch.objective``):
+    ``V_hat = mean_e G_e * c / (std(raw A) + 1e-8)`` with the raw (unstandardised) advantages' std over the
     valid steps; without standardisation just ``mean_e G_e * c``. Configs and learners are frozen."""
     family, policy, _, traj = batch
     reward, mask = np.asarray(traj.reward, np.float64), np.asarray(traj.mask, np.float64)
@@ -109,9 +110,9 @@ def test_objective_estimate_is_the_mean_return_on_the_surrogates_scale(batch):
     mean = (raw * mask).sum() / mask.sum()
     std = np.sqrt((((raw - mean) ** 2) * mask).sum() / mask.sum())
     assert mean > 1.0
-    np.testing.assert_allclose(float(learner.objective_estimate(traj)), value / (std + 1e-8), rtol=2e-4)
+    np.testing.assert_allclose(float(learner.objective_of(traj)), value / (std + 1e-8), rtol=2e-4)
     plain = PolicyGradientLearner(family, policy, dataclasses.replace(config, standardize_advantages=False))
-    np.testing.assert_allclose(float(plain.objective_estimate(traj)), value, rtol=1e-5)
+    np.testing.assert_allclose(float(plain.objective_of(traj)), value, rtol=1e-5)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.gamma = 0.5
     with pytest.raises(dataclasses.FrozenInstanceError):  # a learner is a value too (hashable, jit-static)

@@ -13,15 +13,17 @@ from experiments.maml_bandit import BanditConfig
 from experiments.maml_tabular_mdp import TabularMDPConfig
 from metarl_jax import evaluation
 from metarl_jax.experiment import build
-from metarl_jax.algorithms.maml import init_meta_params
+from metarl_jax.algorithms.maml import init_meta_params, maml
 from metarl_jax.tasks import sample_tasks
-from metarl_jax.training.loop import meta_train
+from metarl_jax.training.loop import make_optimizer, run
 
 
 def _post_adaptation_gain(config):
     family, learner, maml_config, train_config = build(config)
     sample = lambda key: sample_tasks(family, key, train_config.meta_batch)
-    state, history = meta_train(learner, maml_config, train_config, sample, progress=False)
+    algorithm = maml(learner, maml_config, make_optimizer(train_config), sample,
+                     skip_nonfinite=train_config.on_nonfinite == "skip")
+    state, history = run(algorithm, train_config, progress=False)
     tasks = sample_tasks(family, jax.random.PRNGKey(12345), 200)
     k = maml_config.inner_steps  # the steps the meta-objective trained
     curve = jax.jit(lambda mp: evaluation.adaptation_returns(learner, maml_config, mp, tasks,

@@ -153,16 +153,21 @@ def test_remat_gives_identical_meta_gradients():
 def test_shared_forward_dice_equals_separate_passes(inner_steps):
     """``inner_grad_and_log_prob`` (one forward pass) gives the meta-gradient of the three separate passes.
 
-    Hiding the hook behind a ``CustomLossLearner`` whose inner loss is the base one makes
-    :func:`adapt` take ``value_and_grad(inner_loss)`` and ``log_prob_of_data`` separately.
+    A ``CustomLossLearner`` whose inner loss is the base one has the hook of a new inner loss,
+    ``value_and_grad(inner_loss)`` and ``log_prob_of_data`` separately, so :func:`adapt` takes
+    the three separate passes there.
     Float64, so agreement is to rounding; the meta-loss *Hessian-vector product* is
     compared too (one order more than the meta-gradient) because the hook must stay
     differentiable to any order.
     """
-    from metarl_jax.learners.pg import CustomLossLearner
+    from metarl_jax.learners.base import LearnerDefaults
+    from metarl_jax.learners.pg import CustomLossLearner, PolicyGradientLearner
 
     separate = CustomLossLearner(LEARNER, inner=lambda base, p, d, e: base.inner_loss(p, d, e))
-    assert hasattr(LEARNER, "inner_grad_and_log_prob") and not hasattr(separate, "inner_grad_and_log_prob")
+    # The PG learner's own one-pass hook, not the defaults' separate passes; the custom learner's hook
+    # (with ``inner`` given) is the separate passes.
+    assert PolicyGradientLearner.inner_grad_and_log_prob is not LearnerDefaults.inner_grad_and_log_prob
+    assert separate.inner is not None
     with jax.enable_x64(True):
         config = MAMLConfig(inner_steps=inner_steps, inner_lr=0.7, estimator="dice")
         meta_params = _float64_init(5, config)
@@ -270,7 +275,7 @@ def test_init_entropy_bonus_is_minus_beta_times_the_initial_policys_entropy_on_t
             def one(task, task_key):
                 k_inner, k_outer = jax.random.split(task_key)
                 phi, _ = adapt(LEARNER, plain, unravel(x), task, k_inner)
-                traj = LEARNER.collect_outer(k_outer, phi, task)
+                traj = LEARNER.collect_outer(k_outer, phi, task).traj
                 return POLICY.logits(unravel(x)["policy"], traj.obs), traj.mask
             return jax.vmap(one)(tasks, keys)
 
@@ -346,8 +351,8 @@ def _np_inner_grad(theta, traj, gamma=BANDIT_GAMMA):
 
 
 _bandit_collect = jax.jit(lambda key, logits, outer=False: (
-    BANDIT_LEARNER.collect_outer if outer else BANDIT_LEARNER.collect)(key, {"logits": logits[None]}, BANDIT_TASK),
-    static_argnums=2)
+    (lambda *a: BANDIT_LEARNER.collect_outer(*a).traj) if outer else BANDIT_LEARNER.collect)(
+    key, {"logits": logits[None]}, BANDIT_TASK), static_argnums=2)
 
 
 def _np_adapt(update, key, num_steps):
@@ -499,7 +504,7 @@ def test_pg_dice_score_term_is_weighed_by_the_standardised_objective_estimate():
             inner = STD_LEARNER.collect(jax.random.split(key_inner, 1)[0], mp["policy"], task)
             phi, _ = adapt(STD_LEARNER, dice, mp, task, key_inner)
             outer = STD_LEARNER.collect_outer(key_outer, phi, task)
-            return inner, outer, STD_LEARNER.objective_estimate(outer)
+            return inner, outer.traj, STD_LEARNER.objective_estimate(outer)
 
         g_dice = make_meta_gradient(STD_LEARNER, dice)(mp, tasks, key)[1]
         g_naive = make_meta_gradient(STD_LEARNER, naive)(mp, tasks, key)[1]

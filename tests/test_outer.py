@@ -15,6 +15,7 @@ import pytest
 
 from metarl_jax.algorithms import maml, outer
 from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
+from metarl_jax.learners.q_learning import QConfig, QLearner, q_network_for
 from metarl_jax.networks import CategoricalPolicy, GaussianPolicy
 from metarl_jax.tasks.base import sample_tasks
 from metarl_jax.tasks.navigation import Navigation2D
@@ -267,12 +268,18 @@ def test_config_validation_names_the_field():
         with pytest.raises(ValueError, match=match):
             outer.ProMPConfig(**kwargs)
     assert hash(outer.TRPOConfig()) == hash(outer.TRPOConfig())  # static config: hashable
-    with pytest.raises(ValueError, match="lacks"):
-        outer.make_trpo_step(object(), CONFIG, TRPO, lambda k: None)
     with pytest.raises(ValueError, match="trpo_config"):
-        outer.make_trpo_step(LEARNER, CONFIG, outer.ProMPConfig(), lambda k: None)
+        outer.trpo(LEARNER, CONFIG, outer.ProMPConfig(), lambda k: None)
     with pytest.raises(ValueError, match="promp_config"):
-        outer.make_promp_step(LEARNER, CONFIG, TRPO, lambda k: None)
+        outer.promp(LEARNER, CONFIG, TRPO, lambda k: None)
+    # A learner without a likelihood-ratio surrogate of a policy's return (the Q-learner's TD outer loss).
+    q_learner = QLearner(ENV, q_network_for(ENV, tabular=True), QConfig(horizon=4))
+    with pytest.raises(ValueError, match="learner='QLearner' is invalid: TRPO maximises"):
+        outer.trpo(q_learner, CONFIG, TRPO, lambda k: None)
+    with pytest.raises(ValueError, match="learner='QLearner' is invalid: ProMP maximises"):
+        outer.promp(q_learner, CONFIG, PROMP, lambda k: None)
+    with pytest.raises(ValueError, match="learner=.* is invalid"):  # not a learner at all
+        outer.trpo(object(), CONFIG, TRPO, lambda k: None)
 
 
 def test_trpo_meta_training_improves_post_adaptation_return_on_navigation():
@@ -287,8 +294,9 @@ def test_trpo_meta_training_improves_post_adaptation_return_on_navigation():
     learner = PolicyGradientLearner(env, GaussianPolicy(2, (32, 32), "tanh"), PGConfig(
         num_inner_episodes=10, num_outer_episodes=10, horizon=horizon, normalize="step"))
     config = maml.MAMLConfig(inner_steps=1, inner_lr=0.1)
-    step = jax.jit(outer.make_trpo_step(learner, config, TRPO, lambda k: sample_tasks(env, k, 10)))
-    init = jax.jit(lambda k: outer.init_trpo_state(k, learner, config))(jax.random.PRNGKey(0))
+    algorithm = outer.trpo(learner, config, TRPO, lambda k: sample_tasks(env, k, 10))
+    step = jax.jit(algorithm.step)
+    init = jax.jit(algorithm.init)(jax.random.PRNGKey(0))
     state, history = init, []
     for _ in range(20):
         state, metrics = step(state)

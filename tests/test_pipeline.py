@@ -19,10 +19,11 @@ from experiments import deploy as deploy_cli
 from metarl_jax.algorithms import task_selection as curriculum
 from metarl_jax import evaluation
 from metarl_jax.algorithms import task_sampler as ts
+from metarl_jax.algorithms.base import MetaAlgorithm
 from metarl_jax.api import MetaRL
 from metarl_jax.deploy import deploy, deploy_batch
 from metarl_jax.experiment import LEARNERS, MAMLExperimentConfig, write_json
-from metarl_jax.algorithms.maml import adapt, init_meta_params
+from metarl_jax.algorithms.maml import adapt, init_meta_params, maml
 from metarl_jax.tasks import (
     BanditParams,
     BernoulliBandit,
@@ -33,7 +34,8 @@ from metarl_jax.tasks import (
     sample_tasks,
 )
 from metarl_jax.tasks.hard_tasks import RareBestArmBandit
-from metarl_jax.training.loop import NonFiniteGradientError, meta_train
+from metarl_jax.training.loop import NonFiniteGradientError, jit_multi_step, make_optimizer
+from metarl_jax.training.loop import run as training_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,16 +57,30 @@ POOL = BanditParams(probs=jnp.asarray(np.where(HARD[:, None], _SURE, 0.5), jnp.f
                     max_steps_in_episode=jnp.full((8,), CONFIG.horizon, jnp.int32))
 
 
+def _maml(learner, sample):
+    """MAML with the training config's Adam and non-finite policy."""
+    return maml(learner, MAML_CONFIG, make_optimizer(TRAIN_CONFIG), sample,
+                skip_nonfinite=TRAIN_CONFIG.on_nonfinite == "skip")
+
+
+def _selection(pool=POOL, meta_batch=TRAIN_CONFIG.meta_batch):
+    """MAML on tasks selected from ``pool`` (the learner's family and horizon)."""
+    return curriculum.with_task_selection(lambda sample: _maml(LEARNER, sample), LEARNER.env, SELECTION, meta_batch,
+                                          int(LEARNER.config.horizon), pool)
+
+
+SELECTION_ALG = _selection()  # one object: the selection tests share one compiled scan
+
+
 def _selection_state():
-    optimizer = curriculum.train_lib.make_optimizer(TRAIN_CONFIG)
-    return curriculum.init_selection_state(jax.random.PRNGKey(0), LEARNER, MAML_CONFIG, optimizer, SELECTION, POOL)
+    return SELECTION_ALG.init(jax.random.PRNGKey(0))
 
 
 # --------------------------------------------------------------------------- task selection
 
 
 def test_selection_step_scores_the_sampled_tasks_and_focuses_on_hard_ones():
-    multi_step = curriculum.compiled_multi_step(LEARNER, MAML_CONFIG, TRAIN_CONFIG, SELECTION)
+    multi_step = jit_multi_step(SELECTION_ALG.step, TRAIN_CONFIG.iterations_per_call)
     state = _selection_state()
     np.testing.assert_allclose(state.pool_optimum, np.where(HARD, 4.0, 2.0))
     state, metrics = multi_step(state)  # 2 meta-iterations of 4 tasks: unseen tasks first covers the pool
@@ -90,13 +106,10 @@ def test_selection_step_scores_the_sampled_tasks_and_focuses_on_hard_ones():
 
 def test_selection_training_resumes_exactly(tmp_path):
     strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]
-    full_state, full = curriculum.meta_train_with_selection(LEARNER, MAML_CONFIG, TRAIN_CONFIG, SELECTION,
-                                                            str(tmp_path / "full"), pool=POOL, progress=False)
-    run = str(tmp_path / "interrupted")
-    curriculum.meta_train_with_selection(LEARNER, MAML_CONFIG, TRAIN_CONFIG, SELECTION, run, pool=POOL,
-                                         progress=False, stop_after=2)
-    state, resumed = curriculum.meta_train_with_selection(LEARNER, MAML_CONFIG, TRAIN_CONFIG, SELECTION, run,
-                                                          pool=POOL, progress=False)
+    full_state, full = training_run(SELECTION_ALG, TRAIN_CONFIG, str(tmp_path / "full"), progress=False)
+    run_dir = str(tmp_path / "interrupted")
+    training_run(SELECTION_ALG, TRAIN_CONFIG, run_dir, progress=False, stop_after=2)
+    state, resumed = training_run(SELECTION_ALG, TRAIN_CONFIG, run_dir, progress=False)
     assert int(state.step) == 4 and strip(resumed) == strip(full)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(full_state)):  # sampler, params, key: bit for bit
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -107,8 +120,9 @@ def test_selection_validation_names_the_field():
         curriculum.check_score(SELECTION, object())  # a family without an exact optimum
     assert curriculum.default_score(object()) == "negative_return"
     with pytest.raises(ValueError, match="pool_size=8 does not match"):
-        curriculum.init_selection_state(jax.random.PRNGKey(0), LEARNER, MAML_CONFIG, None, SELECTION,
-                                        sample_tasks(FAMILY, jax.random.PRNGKey(0), 5))
+        _selection(pool=sample_tasks(FAMILY, jax.random.PRNGKey(0), 5)).init(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="meta_batch=0 is invalid"):
+        _selection(meta_batch=0)
     with pytest.raises(ValueError, match="rare_fraction=1.5"):
         RareBestArmBandit(rare_fraction=1.5)
     rare = RareBestArmBandit(num_arms=4, rare_fraction=0.3)
@@ -193,8 +207,8 @@ def trained_run(tmp_path_factory):
     family = BernoulliBandit(horizon=config.horizon)  # what experiment.build makes of config.json
     learner = LEARNERS["pg"](config, family)
     write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(config))
-    meta_train(learner, MAML_CONFIG, TRAIN_CONFIG, lambda k: sample_tasks(family, k, config.meta_batch), run_dir,
-               progress=False)
+    sample = lambda k: sample_tasks(family, k, config.meta_batch)
+    training_run(_maml(learner, sample), TRAIN_CONFIG, run_dir, progress=False)
     return run_dir
 
 
@@ -277,13 +291,13 @@ def test_metarl_train_continues_where_the_last_call_stopped():
         agent.train(0)
 
     # A non-finite meta-gradient in the middle of a call keeps the iterations finished before it.
-    good_step = agent._train_step()
+    good = agent._algorithm()
 
     def flaky_step(state):  # iteration 4 reports a non-finite gradient
-        new_state, metrics = good_step(state)
+        new_state, metrics = good.step(state)
         return new_state, dict(metrics, grad_finite=metrics["grad_finite"] & (state.step != 4))
 
-    agent._compiled["train"] = flaky_step
+    agent._compiled["train"] = MetaAlgorithm(good.init, flaky_step)
     with pytest.raises(NonFiniteGradientError, match="iteration 4"):
         agent.train(3)  # iterations 3, 4 (non-finite), 5
     assert agent.iterations == 4 and [h["iteration"] for h in agent.history] == [0, 1, 2, 3]

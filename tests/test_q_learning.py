@@ -37,7 +37,7 @@ import numpy as np
 import optax
 import pytest
 
-from metarl_jax.algorithms import maml
+from metarl_jax.algorithms import inner, maml
 from metarl_jax.learners.q_learning import (
     MLPQNetwork,
     QConfig,
@@ -294,6 +294,13 @@ def _q_table_learner(**kw):
     return QLearner(MDP, TabularQNetwork(4, 2), QConfig(gamma=GAMMA, **kw))
 
 
+def _sgd_step(params, grads, lr):
+    """``params - lr * grads``: one step of the inner rule :func:`metarl_jax.algorithms.inner.sgd`."""
+    rule = inner.sgd(lr)
+    updates, _ = rule.update(grads, rule.init(params), params)
+    return optax.apply_updates(params, updates)
+
+
 def test_expected_td_updates_converge_to_q_star(mdp_and_q_star):
     """Every ``(s, a, s')`` once with weight ``P(s'|s,a)``: the inner step is ``-(TQ - Q) / (S A)``."""
     task, q_star = mdp_and_q_star
@@ -309,7 +316,7 @@ def test_expected_td_updates_converge_to_q_star(mdp_and_q_star):
 
     def step(params, _):
         _, grads = learner.inner_grad(params, traj)
-        return maml.sgd_inner_update(params, grads, lr), None
+        return _sgd_step(params, grads, lr), None
 
     params = {"online": {"q": jnp.zeros((S, A))}}
     params, _ = _compile(lambda p: jax.lax.scan(step, p, None, length=400), params)(params)
@@ -335,7 +342,7 @@ def test_sampled_q_learning_converges_to_q_star(mdp_and_q_star):
                           mask=jnp.ones(s.shape), next_obs=next_obs)
         _, grads = learner.inner_grad(params, traj)
         alpha = 1.0 / (1.0 + (1.0 - GAMMA) * n)  # per-entry step size (Wainwright 2019)
-        return maml.sgd_inner_update(params, grads, alpha * S * A), None
+        return _sgd_step(params, grads, alpha * S * A), None
 
     inputs = (jax.random.split(jax.random.PRNGKey(12), steps), jnp.arange(steps, dtype=jnp.float32))
     params = {"online": {"q": jnp.zeros((S, A))}}
@@ -359,10 +366,11 @@ def test_meta_training_improves_post_adaptation_return():
                                behaviour="boltzmann", outer="return", normalize="episode"))
     mcfg = maml.MAMLConfig(inner_steps=1, inner_lr=1.0, estimator="dice")
     optimizer = optax.adam(0.1)
-    train_step = maml.make_meta_train_step(learner, mcfg, optimizer, lambda k: sample_tasks(env, k, 16))
+    algorithm = maml.maml(learner, mcfg, optimizer, lambda k: sample_tasks(env, k, 16))
+    train_step = algorithm.step
 
     def train_and_evaluate():
-        state = maml.init_train_state(jax.random.PRNGKey(0), learner, mcfg, optimizer)
+        state = algorithm.init(jax.random.PRNGKey(0))
         held_out = sample_tasks(env, jax.random.PRNGKey(99), 64)
         final, _ = jax.lax.scan(lambda s, _: train_step(s), state, None, length=100)
         both = jax.tree.map(lambda a, b: jnp.stack([a, b]), state.meta_params, final.meta_params)

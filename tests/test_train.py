@@ -10,22 +10,22 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from experiments.maml_bandit import BanditConfig
 from metarl_jax.training import checkpoint
 from metarl_jax.algorithms import outer
 from metarl_jax.experiment import build
-from metarl_jax.algorithms.maml import MetaTrainState
+from metarl_jax.algorithms.maml import MetaTrainState, maml
 from metarl_jax.tasks import sample_tasks
 from metarl_jax.training.loop import (
     NonFiniteGradientError,
     TrainConfig,
-    init_outer_state,
     load_meta_params,
-    meta_train,
-    meta_train_outer,
+    make_optimizer,
     read_metrics,
+    run,
     run_loop,
 )
 
@@ -43,36 +43,44 @@ def _strip(history):
     return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
 
+def _maml(learner, maml_config, train_config, sample):
+    """MAML with the training config's Adam and non-finite policy (what an experiment runs)."""
+    return maml(learner, maml_config, make_optimizer(train_config), sample,
+                skip_nonfinite=train_config.on_nonfinite == "skip")
+
+
+# One algorithm object for the MAML runs below: every run of it reuses one compiled scan.
+_LEARNER, _MAML_CONFIG, _TRAIN, _SAMPLE = _setup()
+_ALG = _maml(_LEARNER, _MAML_CONFIG, _TRAIN, _SAMPLE)
+
+
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
-    learner, maml_config, train_config, sample = _setup()
-    _, full = meta_train(learner, maml_config, train_config, sample, str(tmp_path / "full"), progress=False)
+    _, full = run(_ALG, _TRAIN, str(tmp_path / "full"), progress=False)
     interrupted = str(tmp_path / "interrupted")
-    meta_train(learner, maml_config, train_config, sample, interrupted, progress=False, stop_after=4)
+    run(_ALG, _TRAIN, interrupted, progress=False, stop_after=4)
     assert len(read_metrics(interrupted)) == 4
     # Simulate work done after the last checkpoint and lost in a crash: an extra metrics line.
     with open(os.path.join(interrupted, "metrics.jsonl"), "a") as f:
         f.write(json.dumps({"iteration": 4, "post_adaptation_return": 123.0}) + "\n")
-    state, resumed = meta_train(learner, maml_config, train_config, sample, interrupted, progress=False)
+    state, resumed = run(_ALG, _TRAIN, interrupted, progress=False)
     assert int(state.step) == 8
     assert _strip(read_metrics(interrupted)) == _strip(full)
     assert _strip(resumed) == _strip(full)
 
 
 def test_iteration_count_not_a_multiple_of_the_chunk_is_exact():
-    learner, maml_config, train_config, sample = _setup()
-    odd = dataclasses.replace(train_config, num_iterations=5)  # chunks of 2: 2 + 2 + 1
-    state, history = meta_train(learner, maml_config, odd, sample, progress=False)
+    odd = dataclasses.replace(_TRAIN, num_iterations=5)  # chunks of 2: 2 + 2 + 1
+    state, history = run(_maml(_LEARNER, _MAML_CONFIG, odd, _SAMPLE), odd, progress=False)
     assert int(state.step) == 5
     assert [h["iteration"] for h in history] == [0, 1, 2, 3, 4]
 
 
 def test_same_seed_same_metrics_and_different_seed_differs():
-    learner, maml_config, train_config, sample = _setup()
-    _, a = meta_train(learner, maml_config, train_config, sample, progress=False)
-    _, b = meta_train(learner, maml_config, train_config, sample, progress=False)
+    _, a = run(_ALG, _TRAIN, progress=False)
+    _, b = run(_ALG, _TRAIN, progress=False)
     assert _strip(a) == _strip(b)
-    other = dataclasses.replace(train_config, seed=1)
-    _, c = meta_train(learner, maml_config, other, sample, progress=False)
+    other = dataclasses.replace(_TRAIN, seed=1)
+    _, c = run(_ALG, other, progress=False)
     assert _strip(a) != _strip(c)
 
 
@@ -90,12 +98,12 @@ class _NaNLearner:
 
 
 def test_nonfinite_gradient_stops_and_keeps_last_good_checkpoint(tmp_path):
-    learner, maml_config, train_config, sample = _setup()
+    learner, maml_config, train_config, sample = _LEARNER, _MAML_CONFIG, _TRAIN, _SAMPLE
     run_dir = str(tmp_path / "run")
-    good_state, _ = meta_train(learner, maml_config, dataclasses.replace(train_config, num_iterations=4), sample,
-                               run_dir, progress=False)
+    four = dataclasses.replace(train_config, num_iterations=4)
+    good_state, _ = run(_maml(learner, maml_config, four, sample), four, run_dir, progress=False)
     with pytest.raises(NonFiniteGradientError, match="non-finite meta-gradient at iteration 4") as info:
-        meta_train(_NaNLearner(learner), maml_config, train_config, sample, run_dir, progress=False)
+        run(_maml(_NaNLearner(learner), maml_config, train_config, sample), train_config, run_dir, progress=False)
     assert int(info.value.last_good_state.step) == 4  # the error hands back the last good state
     assert [h["iteration"] for h in info.value.history] == [0, 1, 2, 3]
     step, restored, _ = checkpoint.restore_latest(os.path.join(run_dir, "checkpoints"), good_state)
@@ -107,15 +115,11 @@ def test_nonfinite_gradient_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_nonfinite_gradient_skip_leaves_parameters_unchanged():
-    learner, maml_config, train_config, sample = _setup()
-    skip = dataclasses.replace(train_config, num_iterations=2, on_nonfinite="skip")
-    from metarl_jax.algorithms.maml import init_train_state
-    from metarl_jax.training.loop import make_optimizer
-
-    initial = init_train_state(__import__("jax").random.PRNGKey(skip.seed), learner, maml_config, make_optimizer(skip))
-    state, history = meta_train(_NaNLearner(learner), maml_config, skip, sample, progress=False)
+    skip = dataclasses.replace(_TRAIN, num_iterations=2, on_nonfinite="skip")
+    initial = _maml(_LEARNER, _MAML_CONFIG, skip, _SAMPLE).init(jax.random.PRNGKey(skip.seed))
+    state, history = run(_maml(_NaNLearner(_LEARNER), _MAML_CONFIG, skip, _SAMPLE), skip, progress=False)
     assert [h["grad_finite"] for h in history] == [False, False]
-    for a, b in zip(__import__("jax").tree.leaves(state.meta_params), __import__("jax").tree.leaves(initial.meta_params)):
+    for a, b in zip(jax.tree.leaves(state.meta_params), jax.tree.leaves(initial.meta_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -188,24 +192,35 @@ def test_cli_rejects_bad_values_without_traceback(args, message):
 # --------------------------------------------------------------------------- TRPO / ProMP through the same loop
 
 TRPO = outer.TRPOConfig(cg_iters=3, ls_max_steps=4)  # few CG / line-search iterations: a small program
-_OUTER_LEARNER, _OUTER_MAML, _OUTER_TRAIN, _OUTER_SAMPLE = _setup()  # one sample_tasks object: one compilation
+_OUTER_LEARNER, _OUTER_MAML, _OUTER_TRAIN, _OUTER_SAMPLE = _LEARNER, _MAML_CONFIG, _TRAIN, _SAMPLE
+_TRPO_ALG = outer.trpo(_OUTER_LEARNER, _OUTER_MAML, TRPO, _OUTER_SAMPLE)  # one object: one compilation
+_TRPO_META = {"outer": "TRPO", "outer_config": dataclasses.asdict(TRPO)}
+
+
+def _promp_tx(promp_config, train_config):
+    """ProMP's outer optimizer as a training config sets it: Adam at ``outer_lr``, clipped if ``max_grad_norm``."""
+    adam = outer.promp_optimizer(promp_config)
+    if train_config.max_grad_norm is None:
+        return adam
+    return optax.chain(optax.clip_by_global_norm(train_config.max_grad_norm), adam)
 
 
 def test_trpo_run_writes_metrics_and_resumes_exactly(tmp_path):
-    """As test_resumed_run_equals_uninterrupted_run, with TRPO as the outer rule (meta_train_outer)."""
-    args = (_OUTER_LEARNER, _OUTER_MAML, TRPO, _OUTER_TRAIN, _OUTER_SAMPLE)
+    """As test_resumed_run_equals_uninterrupted_run, with TRPO as the outer rule (outer.trpo through run)."""
+    args = (_TRPO_ALG, _OUTER_TRAIN)
+    kwargs = dict(progress=False, metadata=_TRPO_META)
     full_dir = str(tmp_path / "full")
-    full_state, full = meta_train_outer(*args, full_dir, progress=False)
+    full_state, full = run(*args, full_dir, **kwargs)
     assert [h["iteration"] for h in read_metrics(full_dir)] == list(range(8))
     assert {"post_adaptation_return", "kl", "accepted", "grad_finite", "surrogate_improvement"} <= set(full[-1])
     assert all(h["kl"] <= TRPO.max_kl * (1 + 1e-5) for h in full)
     assert any(h["accepted"] for h in full)  # the parameters moved
     interrupted = str(tmp_path / "interrupted")
-    meta_train_outer(*args, interrupted, progress=False, stop_after=4)
+    run(*args, interrupted, stop_after=4, **kwargs)
     assert len(read_metrics(interrupted)) == 4
     with open(os.path.join(interrupted, "metrics.jsonl"), "a") as f:  # work lost after the last checkpoint
         f.write(json.dumps({"iteration": 4, "post_adaptation_return": 123.0}) + "\n")
-    state, resumed = meta_train_outer(*args, interrupted, progress=False)
+    state, resumed = run(*args, interrupted, **kwargs)
     assert int(state.step) == 8
     assert _strip(read_metrics(interrupted)) == _strip(full)
     assert _strip(resumed) == _strip(full)
@@ -214,16 +229,16 @@ def test_trpo_run_writes_metrics_and_resumes_exactly(tmp_path):
     _, _, meta = checkpoint.restore_latest(os.path.join(interrupted, "checkpoints"), state)
     assert meta["iteration"] == 8 and meta["outer"] == "TRPO"
     # load_meta_params reads a TRPO run's parameters without rebuilding its outer state.
-    loaded = load_meta_params(os.path.join(interrupted, "checkpoints"), _OUTER_LEARNER, _OUTER_MAML)
+    loaded = load_meta_params(os.path.join(interrupted, "checkpoints"), _TRPO_ALG)
     assert jax.tree.structure(loaded) == jax.tree.structure(full_state.meta_params)
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(full_state.meta_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    initial = outer.init_trpo_state(jax.random.PRNGKey(_OUTER_TRAIN.seed), _OUTER_LEARNER, _OUTER_MAML).meta_params
+    initial = _TRPO_ALG.init(jax.random.PRNGKey(_OUTER_TRAIN.seed)).meta_params
     assert any(not np.array_equal(np.asarray(a), np.asarray(b))
                for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(initial)))  # trained, not the init
 
 
-def test_run_loop_and_meta_train_outer_validation_names_the_field():
+def test_run_loop_and_run_validation_names_the_field():
     train_config = dataclasses.replace(_OUTER_TRAIN, num_iterations=1)
     step = lambda s: (s, {"grad_finite": jnp.array(True)})
     with pytest.raises(ValueError, match="init_state=.*scalar integer field `step`"):
@@ -237,27 +252,32 @@ def test_run_loop_and_meta_train_outer_validation_names_the_field():
     with pytest.raises(ValueError, match="lack 'grad_finite'"):
         run_loop(lambda s: (s._replace(step=s.step + 1), {"loss": jnp.zeros(())}),
                  MetaTrainState({}, (), None, jnp.zeros((), jnp.int32)), train_config, progress=False)
-    with pytest.raises(ValueError, match="outer_config=.* is invalid: must be an outer.TRPOConfig or"):
-        meta_train_outer(_OUTER_LEARNER, _OUTER_MAML, _OUTER_MAML, train_config, _OUTER_SAMPLE, progress=False)
+    with pytest.raises(ValueError, match="trpo_config=.* is invalid: must be a TRPOConfig"):
+        outer.trpo(_OUTER_LEARNER, _OUTER_MAML, _OUTER_MAML, _OUTER_SAMPLE)
+    with pytest.raises(ValueError, match="algorithm=.* is invalid: must be a MetaAlgorithm"):
+        run(step, train_config, progress=False)
     with pytest.raises(ValueError, match="train_config=.* is invalid: must be a TrainConfig"):
-        meta_train_outer(_OUTER_LEARNER, _OUTER_MAML, TRPO, {"num_iterations": 1}, _OUTER_SAMPLE, progress=False)
+        run(_TRPO_ALG, {"num_iterations": 1}, progress=False)
 
 
 class _NaNAdvantages(_NaNLearner):
-    """Wraps a learner so that its outer advantages, hence TRPO's / ProMP's gradients, are NaN."""
+    """Wraps a learner so that its outer batches' advantages, hence TRPO's / ProMP's gradients, are NaN."""
 
-    def advantages(self, traj):
-        return self._inner.advantages(traj) * jnp.nan
+    def collect_outer(self, key, params, task):
+        batch = self._inner.collect_outer(key, params, task)
+        return batch.replace(advantages=batch.advantages * jnp.nan)
 
 
 def test_promp_run_skips_nonfinite_updates():
-    """ProMP through meta_train_outer with on_nonfinite='skip': recorded, parameters and Adam state unchanged."""
+    """ProMP through run with on_nonfinite='skip': recorded, parameters and Adam state unchanged."""
     promp = outer.ProMPConfig(num_outer_steps=2)
     skip = dataclasses.replace(_OUTER_TRAIN, num_iterations=2, on_nonfinite="skip")
-    state, history = meta_train_outer(_NaNAdvantages(_OUTER_LEARNER), _OUTER_MAML, promp, skip, _OUTER_SAMPLE,
-                                      progress=False)
+    algorithm = outer.promp(_NaNAdvantages(_OUTER_LEARNER), _OUTER_MAML, promp, _OUTER_SAMPLE,
+                            _promp_tx(promp, skip), skip_nonfinite=True)
+    state, history = run(algorithm, skip, progress=False)
     assert [h["grad_finite"] for h in history] == [False, False] and int(state.step) == 2
-    initial = init_outer_state(_OUTER_LEARNER, _OUTER_MAML, promp, skip)
+    initial = outer.promp(_OUTER_LEARNER, _OUTER_MAML, promp, _OUTER_SAMPLE, _promp_tx(promp, skip),
+                          skip_nonfinite=True).init(jax.random.PRNGKey(skip.seed))
     for a, b in zip(jax.tree.leaves((state.meta_params, state.opt_state)),
                     jax.tree.leaves((initial.meta_params, initial.opt_state))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -43,8 +43,11 @@ import numpy as np
 import optax
 
 from metarl_jax import losses
-from metarl_jax.learners.pg import ESTIMATORS, _require, check_estimator
+from metarl_jax.algorithms.base import MetaAlgorithm, MetaTrainState, keep_if_finite, tree_all_finite
+from metarl_jax.algorithms.inner import AdaptInfo, adapt
+from metarl_jax.learners.base import ESTIMATORS
 from metarl_jax.tasks.base import num_tasks_in
+from metarl_jax.validation import require as _require
 
 SCORE_BASELINES = ("none", "leave_one_out")
 
@@ -117,22 +120,6 @@ class MAMLConfig:
         return self.estimator == "first_order"
 
 
-class AdaptInfo(NamedTuple):
-    """What ``adapt`` reports besides the adapted parameters.
-
-    ``log_prob_sum``: ``sum_k log p(tau_k; phi_k)`` (differentiable, the DiCE score term).
-    ``inner_returns``: ``[K]`` mean undiscounted return of each inner batch, i.e. of ``phi_0..phi_{K-1}``.
-    ``inner_losses``: ``[K]`` inner loss values.
-    ``path``: with ``adapt(..., keep_path=True)``, ``phi_0..phi_{K-1}`` stacked on a leading ``[K]``
-    axis (the parameters each inner batch was collected with), else ``None``.
-    """
-
-    log_prob_sum: jax.Array
-    inner_returns: jax.Array
-    inner_losses: jax.Array
-    path: Any = None
-
-
 def init_meta_params(key: jax.Array, learner, config: MAMLConfig) -> dict:
     """``{"policy": theta}`` plus ``{"inner_lr": alpha}`` (a pytree like theta) for Meta-SGD."""
     theta = learner.init(key)
@@ -142,82 +129,6 @@ def init_meta_params(key: jax.Array, learner, config: MAMLConfig) -> dict:
     return meta_params
 
 
-def sgd_inner_update(params, grads, lr):
-    """``phi <- phi - lr * g``; ``lr`` is a scalar or a pytree like ``params`` (Meta-SGD)."""
-    if jax.tree.structure(lr) == jax.tree.structure(params):
-        return jax.tree.map(lambda p, g, a: p - a * g, params, grads, lr)
-    return jax.tree.map(lambda p, g: p - lr * g, params, grads)
-
-
-def adapt(
-    learner,
-    config: MAMLConfig,
-    meta_params: dict,
-    task,
-    key: jax.Array,
-    inner_optimizer: optax.GradientTransformation | None = None,
-    keep_path: bool = False,
-):
-    """``K`` differentiable inner steps from ``theta`` on one task.
-
-    Returns ``(phi_K, AdaptInfo)``. With ``inner_optimizer`` (any optax
-    transformation, e.g. ``optax.adam(1e-2)``) the update is
-    ``phi <- phi + updates`` from that optimizer instead of SGD with ``inner_lr``.
-    Gradients flow through the update unless ``config.first_order``. ``keep_path`` also
-    returns ``phi_0..phi_{K-1}`` (``AdaptInfo.path``), e.g. to choose among them
-    (:mod:`metarl_jax.policy_selection`).
-
-    The inner gradient is ``jax.value_and_grad(learner.inner_loss)(phi, data, estimator)``;
-    with ``"dice"``, ``learner.inner_grad_and_log_prob`` when the learner defines it
-    (gradient and score term from one forward pass; same values and derivatives),
-    else ``learner.inner_grad(phi, data, estimator) -> (loss, grads)`` when the learner
-    defines that optional hook: a learner whose inner loss has targets computed
-    from ``phi`` itself (a critic's advantages, bootstrapped value targets) uses it
-    to hold them constant in the inner gradient while the derivative of the
-    update with respect to ``theta`` still flows through them
-    (:mod:`metarl_jax.learners.actor_critic`).
-    """
-    check_estimator(learner, config.estimator)
-    if inner_optimizer is not None and "inner_lr" in meta_params:
-        raise ValueError("inner_optimizer is invalid with learned inner step sizes (meta_params['inner_lr'], "
-                         "learn_inner_lr=True): the optimizer would ignore them; use one or the other")
-    theta = meta_params["policy"]
-    lr = meta_params.get("inner_lr", config.inner_lr)
-    opt_state = inner_optimizer.init(theta) if inner_optimizer is not None else None
-
-    def inner_step(carry, step_key):
-        phi, opt_state, log_prob_sum = carry
-        data = learner.collect(step_key, phi, task)
-        step_log_prob = None
-        if config.estimator == "dice" and hasattr(learner, "inner_grad_and_log_prob"):
-            # One forward pass serves the inner gradient and the DiCE score term.
-            loss, grads, step_log_prob = learner.inner_grad_and_log_prob(phi, data, config.estimator)
-        elif hasattr(learner, "inner_grad"):  # learners whose inner targets depend on phi (actor-critic)
-            loss, grads = learner.inner_grad(phi, data, config.estimator)
-        else:
-            loss, grads = jax.value_and_grad(learner.inner_loss)(phi, data, config.estimator)
-        if config.first_order:
-            grads = jax.lax.stop_gradient(grads)
-        if inner_optimizer is None:
-            new_phi = sgd_inner_update(phi, grads, lr)
-        else:
-            updates, opt_state = inner_optimizer.update(grads, opt_state, phi)
-            new_phi = optax.apply_updates(phi, updates)
-        if config.estimator == "dice":
-            if step_log_prob is None:
-                step_log_prob = learner.log_prob_of_data(phi, data)
-            log_prob_sum = log_prob_sum + step_log_prob
-        return (new_phi, opt_state, log_prob_sum), (learner.mean_return(data), loss, phi if keep_path else None)
-
-    if config.remat:
-        inner_step = jax.checkpoint(inner_step)
-    keys = jax.random.split(key, config.inner_steps)
-    (phi, _, log_prob_sum), (returns, inner_losses, path) = jax.lax.scan(
-        inner_step, (theta, opt_state, jnp.zeros((), jax.tree.leaves(theta)[0].dtype)), keys
-    )
-    return phi, AdaptInfo(log_prob_sum, returns, inner_losses, path)
-
-
 def task_meta_objective(learner, config, meta_params, task, key, inner_optimizer=None):
     """Adapt on one task, then score the adapted parameters on fresh data.
 
@@ -225,15 +136,12 @@ def task_meta_objective(learner, config, meta_params, task, key, inner_optimizer
     """
     key_inner, key_outer = jax.random.split(key)
     phi, info = adapt(learner, config, meta_params, task, key_inner, inner_optimizer)
-    data = learner.collect_outer(key_outer, phi, task)
-    outer_loss = learner.outer_loss(phi, data)
-    post_return = learner.mean_return(data)
+    batch = learner.collect_outer(key_outer, phi, task)
+    outer_loss = learner.outer_loss(phi, batch)
+    post_return = learner.mean_return(batch.traj)
     extra = {}
     if config.init_entropy_coef > 0.0:
-        if not hasattr(learner, "policy_entropy"):
-            raise ValueError(f"init_entropy_coef={config.init_entropy_coef!r} is invalid for "
-                             f"{type(learner).__name__}: it has no policy_entropy(params, data)")
-        entropy = learner.policy_entropy(meta_params["policy"], data)
+        entropy = learner.policy_entropy(meta_params["policy"], batch.traj)
         outer_loss = outer_loss - config.init_entropy_coef * entropy
         extra["init_policy_entropy"] = entropy
     metrics = {
@@ -244,7 +152,7 @@ def task_meta_objective(learner, config, meta_params, task, key, inner_optimizer
         "outer_loss": outer_loss,
         **extra,
     }
-    return outer_loss, info.log_prob_sum, learner.objective_estimate(data), metrics
+    return outer_loss, info.log_prob_sum, learner.objective_estimate(batch), metrics
 
 
 def score_baseline_values(values: jax.Array, kind: str) -> jax.Array:
@@ -440,51 +348,35 @@ def accumulated_meta_gradient(learner, config: MAMLConfig, meta_params, tasks, k
     return jnp.mean(outer_losses), grads, summary
 
 
-def tree_all_finite(tree) -> jax.Array:
-    """``True`` iff every entry of every leaf of ``tree`` is finite (a scalar bool)."""
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def keep_if_finite(finite: jax.Array, new, old):
-    """``new`` where the scalar ``finite`` is true, else ``old`` (two pytrees of one structure).
-
-    How a training step skips a non-finite update inside jit: ``on_nonfinite="skip"``.
-    """
-    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
-
-class MetaTrainState(NamedTuple):
-    """Everything a meta-training run carries between iterations (a pytree)."""
-
-    meta_params: Any
-    opt_state: Any
-    key: jax.Array
-    step: jax.Array
-
-
-def make_meta_train_step(
+def maml(
     learner,
     config: MAMLConfig,
-    optimizer: optax.GradientTransformation,
+    outer_tx: optax.GradientTransformation,
     sample_tasks: Callable[[jax.Array], Any],
-    inner_optimizer=None,
+    inner_optimizer: optax.GradientTransformation | None = None,
     skip_nonfinite: bool = False,
-):
-    """One meta-iteration as one pure function ``state -> (state, metrics)``.
+) -> MetaAlgorithm:
+    """MAML as a :class:`~metarl_jax.algorithms.base.MetaAlgorithm` over :class:`MetaTrainState`.
 
-    Samples a task batch with ``sample_tasks(key)``, computes the meta-gradient,
-    applies ``optimizer``. ``metrics["grad_finite"]`` says whether every gradient
-    entry was finite; with ``skip_nonfinite`` a non-finite update is skipped
-    (parameters unchanged) instead of applied. Jit it once and call it in a loop.
+    ``init(key)``: ``theta`` (and Meta-SGD rates) from the first half of ``split(key)``, ``outer_tx``'s
+    state, the second half as the run's key. ``step(state)``: split the key into (next, tasks,
+    gradient); ``tasks = sample_tasks(key_tasks)``; the meta-gradient of :func:`make_meta_gradient`;
+    one ``outer_tx`` update. ``metrics["grad_finite"]`` says whether every gradient entry was finite;
+    with ``skip_nonfinite`` a non-finite update is skipped (parameters and optimizer state unchanged).
     """
     meta_gradient = make_meta_gradient(learner, config, inner_optimizer)
+
+    def init(key: jax.Array) -> MetaTrainState:
+        key_init, key_run = jax.random.split(key)
+        meta_params = init_meta_params(key_init, learner, config)
+        return MetaTrainState(meta_params, outer_tx.init(meta_params), key_run, jnp.zeros((), jnp.int32))
 
     def step(state: MetaTrainState):
         key, key_tasks, key_grad = jax.random.split(state.key, 3)
         tasks = sample_tasks(key_tasks)
         loss, grads, metrics = meta_gradient(state.meta_params, tasks, key_grad)
         finite = tree_all_finite(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
+        updates, opt_state = outer_tx.update(grads, state.opt_state, state.meta_params)
         meta_params = optax.apply_updates(state.meta_params, updates)
         if skip_nonfinite:
             meta_params = keep_if_finite(finite, meta_params, state.meta_params)
@@ -492,10 +384,4 @@ def make_meta_train_step(
         metrics = dict(metrics, meta_loss=loss, grad_norm=optax.tree.norm(grads), grad_finite=finite)
         return MetaTrainState(meta_params, opt_state, key, state.step + 1), metrics
 
-    return step
-
-
-def init_train_state(key: jax.Array, learner, config: MAMLConfig, optimizer) -> MetaTrainState:
-    key_init, key_run = jax.random.split(key)
-    meta_params = init_meta_params(key_init, learner, config)
-    return MetaTrainState(meta_params, optimizer.init(meta_params), key_run, jnp.zeros((), jnp.int32))
+    return MetaAlgorithm(init, step)

@@ -37,9 +37,9 @@ import jax.numpy as jnp
 import optax
 
 from metarl_jax.learners.pg import _require
-from metarl_jax.algorithms.maml import MAMLConfig, MetaTrainState, init_meta_params, keep_if_finite, map_tasks, tree_all_finite
+from metarl_jax.algorithms.base import MetaAlgorithm, MetaTrainState, keep_if_finite, tree_all_finite
+from metarl_jax.algorithms.maml import MAMLConfig, init_meta_params, map_tasks
 from metarl_jax.tasks.base import num_tasks_in
-from metarl_jax.training.loop import TrainConfig, make_optimizer, run_loop
 
 
 def multitask_loss(learner, params, tasks, key: jax.Array, task_chunk: int | None = None):
@@ -55,114 +55,49 @@ def multitask_loss(learner, params, tasks, key: jax.Array, task_chunk: int | Non
     def per_task(task_and_key):
         task, task_key = task_and_key
         data = learner.collect_outer(task_key, params, task)
-        return learner.outer_loss(params, data), learner.mean_return(data)
+        return learner.outer_loss(params, data), learner.mean_return(data.traj)
 
     task_losses, returns = map_tasks(per_task, (tasks, keys), num_tasks, task_chunk)  # as MAML's chunks
     return jnp.mean(task_losses), {"return": jnp.mean(returns), "per_task_return": returns}
 
 
-def init_multitask_state(key: jax.Array, learner, config: MAMLConfig, optimizer) -> MetaTrainState:
-    """Training state whose parameters are exactly MAML's initial ones for the same ``key``.
+def multitask(learner, config: MAMLConfig, outer_tx: optax.GradientTransformation,
+              sample_tasks: Callable[[jax.Array], Any], skip_nonfinite: bool = False) -> MetaAlgorithm:
+    """Multi-task training of ``theta`` (no adaptation) as a :class:`~metarl_jax.algorithms.base.MetaAlgorithm`.
 
-    The key is split as in :func:`metarl_jax.algorithms.maml.init_train_state`, so a multi-task run and a
-    MAML run with the same seed start from the same ``theta``. Only ``meta_params["policy"]``
-    is optimised (Meta-SGD rates, if any, keep their initial value).
+    ``init(key)``: exactly MAML's initial parameters for the same key (the key is split as in
+    :func:`metarl_jax.algorithms.maml.maml`), ``outer_tx``'s state over ``meta_params["policy"]`` only
+    (Meta-SGD rates, if any, keep their initial value). ``step``: sample tasks, fresh data of
+    ``theta`` on each, one ``outer_tx`` step on :func:`multitask_loss`; per iteration each task sees
+    one batch of ``num_outer_episodes`` episodes, where a MAML iteration with ``K`` inner steps sees
+    ``K + 1``. ``config`` gives the parameter layout and ``task_chunk``. ``metrics``: ``return``,
+    ``loss``, ``grad_norm``, ``grad_finite``; with ``skip_nonfinite`` a non-finite update is skipped.
     """
-    key_init, key_run = jax.random.split(key)
-    meta_params = init_meta_params(key_init, learner, config)
-    return MetaTrainState(meta_params, optimizer.init(meta_params["policy"]), key_run, jnp.zeros((), jnp.int32))
+    _require(isinstance(config, MAMLConfig), "config", config, "must be a MAMLConfig")
+    _require(callable(sample_tasks), "sample_tasks", sample_tasks, "must be a callable key -> batch of tasks")
 
-
-def make_multitask_train_step(
-    learner,
-    optimizer: optax.GradientTransformation,
-    sample_tasks: Callable[[jax.Array], Any],
-    task_chunk: int | None = None,
-    skip_nonfinite: bool = False,
-):
-    """One multi-task iteration ``state -> (state, metrics)``: sample tasks, fresh data, optimizer step.
-
-    Pure and jittable; the counterpart of :func:`metarl_jax.algorithms.maml.make_meta_train_step` with the
-    inner update skipped. ``metrics["grad_finite"]`` says whether every gradient entry was finite;
-    with ``skip_nonfinite`` a non-finite update is skipped (parameters and optimizer state unchanged).
-    """
+    def init(key: jax.Array) -> MetaTrainState:
+        key_init, key_run = jax.random.split(key)
+        meta_params = init_meta_params(key_init, learner, config)
+        return MetaTrainState(meta_params, outer_tx.init(meta_params["policy"]), key_run, jnp.zeros((), jnp.int32))
 
     def step(state: MetaTrainState):
         key, key_tasks, key_data = jax.random.split(state.key, 3)
         tasks = sample_tasks(key_tasks)
         theta = state.meta_params["policy"]
         (loss, metrics), grads = jax.value_and_grad(
-            lambda p: multitask_loss(learner, p, tasks, key_data, task_chunk), has_aux=True
+            lambda p: multitask_loss(learner, p, tasks, key_data, config.task_chunk), has_aux=True
         )(theta)
         finite = tree_all_finite(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, theta)
+        updates, opt_state = outer_tx.update(grads, state.opt_state, theta)
         policy = optax.apply_updates(theta, updates)
         if skip_nonfinite:
             policy, opt_state = keep_if_finite(finite, policy, theta), keep_if_finite(finite, opt_state, state.opt_state)
         meta_params = dict(state.meta_params, policy=policy)
         metrics = {"return": metrics["return"], "loss": loss, "grad_norm": optax.tree.norm(grads),
-                   "grad_finite": finite}
+                   "grad_finite": finite,
+                   # K = 0: what task selection scores (with_task_selection), named as MAML names it
+                   "per_task_post_adaptation_return": metrics["per_task_return"]}
         return MetaTrainState(meta_params, opt_state, key, state.step + 1), metrics
 
-    return step
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_step(learner, sample_tasks, task_chunk, outer_lr, max_grad_norm, skip_nonfinite):
-    optimizer = make_optimizer(TrainConfig(outer_lr=outer_lr, max_grad_norm=max_grad_norm))
-    return make_multitask_train_step(learner, optimizer, sample_tasks, task_chunk, skip_nonfinite)
-
-
-def multitask_train_step(learner, config: MAMLConfig, train_config: TrainConfig,
-                         sample_tasks: Callable[[jax.Array], Any]) -> Callable:
-    """The iteration ``state -> (state, metrics)`` that :func:`multitask_pretrain` runs.
-
-    :func:`make_multitask_train_step` with :func:`metarl_jax.training.loop.make_optimizer`'s optimizer,
-    ``config.task_chunk`` and ``skip_nonfinite`` from ``on_nonfinite``. Equal (hashable) arguments
-    return the same function, so repeated runs (seeds, resumes, tests) compile once; only
-    ``outer_lr``, ``max_grad_norm`` and ``on_nonfinite`` of ``train_config`` matter.
-    """
-    args = (learner, sample_tasks, config.task_chunk, train_config.outer_lr, train_config.max_grad_norm,
-            train_config.on_nonfinite == "skip")
-    try:
-        return _cached_step(*args)
-    except TypeError:  # an unhashable argument: no cache
-        return _cached_step.__wrapped__(*args)
-
-
-def multitask_pretrain(
-    learner,
-    config: MAMLConfig,
-    train_config: TrainConfig,
-    sample_tasks: Callable[[jax.Array], Any],
-    run_dir: str | None = None,
-    *,
-    progress: bool = False,
-    stop_after: int | None = None,
-) -> tuple[dict, list[dict]]:
-    """Train a multi-task initialisation and return ``(meta_params, history)``.
-
-    Uses ``train_config``'s iterations, meta-batch (``sample_tasks(key)`` returns that many
-    tasks), optimizer (Adam with ``outer_lr``, optional clipping), seed, ``iterations_per_call``,
-    checkpoint settings and ``on_nonfinite``; ``config`` gives the parameter layout and ``task_chunk``.
-    Per iteration each task sees one batch of ``num_outer_episodes`` episodes, where a MAML
-    iteration with ``K`` inner steps sees ``K + 1`` batches.
-
-    The loop is :func:`metarl_jax.training.loop.run_loop` over :func:`multitask_train_step` from
-    :func:`init_multitask_state` with ``PRNGKey(train_config.seed)``, as :func:`metarl_jax.training.loop.meta_train`:
-    exactly ``num_iterations`` iterations (a shorter last scan), and with ``run_dir`` a
-    ``metrics.jsonl`` and checkpoints every ``checkpoint_every`` iterations in ``run_dir/checkpoints``;
-    a later call resumes from (or, if finished, just loads) the latest checkpoint there.
-    ``stop_after`` ends this call after that many iterations (to simulate an interruption).
-    ``history`` holds one ``{"iteration", "return", "loss", "grad_norm", "grad_finite", "seconds"}``
-    per iteration (with ``run_dir``, those recorded there by earlier calls too).
-    """
-    _require(isinstance(config, MAMLConfig), "config", config, "must be a maml.MAMLConfig")
-    _require(isinstance(train_config, TrainConfig), "train_config", train_config, "must be a train.TrainConfig")
-    _require(callable(sample_tasks), "sample_tasks", sample_tasks, "must be a callable key -> batch of tasks")
-    optimizer = make_optimizer(train_config)
-    state = init_multitask_state(jax.random.PRNGKey(train_config.seed), learner, config, optimizer)
-    step = multitask_train_step(learner, config, train_config, sample_tasks)
-    state, history = run_loop(step, state, train_config, run_dir, progress=progress, stop_after=stop_after,
-                              desc="multi-task iterations", metadata={"kind": "multitask"})
-    return state.meta_params, history
+    return MetaAlgorithm(init, step)

@@ -38,11 +38,10 @@ outer data, ``A`` the outer advantages (``learner.advantages(tau')``, constants)
    (the KL penalty on the pre-adaptation data ``tau_0``), maximised by
    ``num_outer_steps`` Adam steps on the same sampled meta-batch.
 
-Both are one pure, jittable ``state -> (state, metrics)`` function per
-meta-iteration (:func:`make_trpo_step`, :func:`make_promp_step`) over
-:class:`maml.MetaTrainState`, with ``metrics["grad_finite"]`` as MAML's step
-reports it, so :mod:`metarl_jax.training.loop`'s loop (scan, ``metrics.jsonl``,
-checkpoints, resume, non-finite policy) runs them: :func:`metarl_jax.training.loop.meta_train_outer`.
+Both are :class:`~metarl_jax.algorithms.base.MetaAlgorithm` factories (:func:`trpo`,
+:func:`promp`) over :class:`~metarl_jax.algorithms.base.MetaTrainState`, with
+``metrics["grad_finite"]`` as MAML's step reports it, so :func:`metarl_jax.training.loop.run`
+(scan, ``metrics.jsonl``, checkpoints, resume, non-finite policy) runs them.
 
 Where this differs from the reference implementations, on purpose or for now:
 
@@ -55,9 +54,11 @@ Where this differs from the reference implementations, on purpose or for now:
   learner's own inner loss on the fixed data (as TRPO's re-adaptation in
   ``pytorch-maml-rl`` does) and ``eta`` is fixed.
 
-Learner requirements beyond :func:`maml.adapt`'s: ``policy`` (for the closed-form
-KL), ``log_probs(params, traj) -> [E, T]`` and ``advantages(traj) -> [E, T]`` (a
-function of the data only) -- the :class:`learners.PolicyGradientLearner` interface.
+Both adapt with :mod:`metarl_jax.algorithms.inner` (SGD, Meta-SGD or an optax inner optimizer).
+Learners: any :class:`~metarl_jax.learners.base.Learner` with ``has_policy_surrogate`` (the
+policy-gradient and actor-critic learners): the surrogates use ``learner.log_probs``,
+``learner.kl_divergence`` and the outer batch's ``advantages``, held constant from sampling. The
+Q-learner has none: its outer objective is a TD loss, not a stochastic policy's return.
 The DiCE score term is not part of these surrogates (as in ``pytorch-maml-rl``
 and ProMP): with ``estimator="dice"`` the inner step is the plain surrogate,
 i.e. the same as ``"naive"``.
@@ -75,10 +76,12 @@ import optax
 from flax import struct
 
 from metarl_jax import losses
-from metarl_jax.learners.pg import _require
-from metarl_jax.algorithms.maml import (MAMLConfig, MetaTrainState, init_train_state, keep_if_finite, map_tasks,
-                             sgd_inner_update, tree_all_finite)
+from metarl_jax.algorithms.base import MetaAlgorithm, MetaTrainState, keep_if_finite, tree_all_finite
+from metarl_jax.algorithms.inner import adapt, adapt_on_data
+from metarl_jax.algorithms.maml import MAMLConfig, init_meta_params, map_tasks
+from metarl_jax.learners.base import check_policy_surrogate
 from metarl_jax.tasks.base import num_tasks_in
+from metarl_jax.validation import require as _require
 
 # ----------------------------------------------------------------------------- configs
 
@@ -144,17 +147,6 @@ class ProMPConfig:
         _require(_is_int(self.num_outer_steps) and self.num_outer_steps >= 1, "num_outer_steps",
                  self.num_outer_steps, "must be an integer >= 1")
         _require(_is_number(self.outer_lr) and self.outer_lr > 0, "outer_lr", self.outer_lr, "must be a number > 0")
-
-
-def _check_learner(learner) -> None:
-    missing = [name for name in ("policy", "log_probs", "advantages", "collect", "collect_outer", "mean_return")
-               if not hasattr(learner, name)]
-    if missing:
-        raise ValueError(
-            f"learner={type(learner).__name__} is invalid for TRPO/ProMP: it lacks {missing}; "
-            "the outer rules need the PolicyGradientLearner interface (policy, log_probs(params, traj), "
-            "advantages(traj) from the data alone)"
-        )
 
 
 # ----------------------------------------------------------------------------- KL divergences
@@ -264,7 +256,7 @@ class MetaBatch:
       old_meta_params: ``theta_old``, the meta-parameters the batch was sampled with.
       inner_data: the inner trajectories, leaves ``[N, K, E, T, ...]`` (``tau_{i,k} ~ pi_{phi_{i,k}}``).
       outer_data: the outer trajectories, leaves ``[N, E', T, ...]`` (``tau'_i ~ pi_{phi_{i,K}}``).
-      advantages: ``learner.advantages(tau'_i)``: ``[N, E', T]``.
+      advantages: the outer batches' advantages (``OuterBatch.advantages``): ``[N, E', T]``.
       old_log_probs: ``log pi_{phi_{i,K}}(a'|s')``: ``[N, E', T]``.
       adapted_params: ``phi_{i,K}`` (old), a pytree with leading axis ``N``.
       inner_returns: mean undiscounted return of each inner batch: ``[N, K]``.
@@ -279,6 +271,8 @@ class MetaBatch:
     adapted_params: Any
     inner_returns: jax.Array
     post_returns: jax.Array
+    #: the optax inner rule the batch was adapted with (``None``: SGD / Meta-SGD), reused to re-adapt
+    inner_optimizer: Any = struct.field(pytree_node=False, default=None)
 
     @property
     def num_tasks(self) -> int:
@@ -295,50 +289,27 @@ class MetaBatch:
         }
 
 
-def _inner_gradient(learner, config: MAMLConfig, phi, data):
-    """The inner gradient exactly as :func:`maml.adapt` takes it (``inner_grad`` hook, ``first_order``)."""
-    if hasattr(learner, "inner_grad"):
-        loss, grads = learner.inner_grad(phi, data, config.estimator)
-    else:
-        loss, grads = jax.value_and_grad(learner.inner_loss)(phi, data, config.estimator)
-    if config.first_order:
-        grads = jax.lax.stop_gradient(grads)
-    return loss, grads
-
-
-def _inner_lr(config: MAMLConfig, meta_params):
-    return meta_params.get("inner_lr", config.inner_lr)
-
-
-def sample_meta_batch(learner, config: MAMLConfig, meta_params: dict, tasks, key: jax.Array) -> MetaBatch:
+def sample_meta_batch(learner, config: MAMLConfig, meta_params: dict, tasks, key: jax.Array,
+                      inner_optimizer=None) -> MetaBatch:
     """Sample the inner and outer data of every task once; everything returned is constant.
 
-    For task ``i`` (vmapped): ``K`` inner steps as :func:`maml.adapt` runs them
-    (``tau_k ~ pi_{phi_k}`` with a fresh key per step, SGD with ``inner_lr``),
-    then ``tau' ~ pi_{phi_K}``. The keys follow :func:`maml.meta_loss`
-    (``split(key, N)`` per task, then ``(key_inner, key_outer)``), so the data equal
-    those of ``maml.meta_loss(..., tasks, key)``. ``tasks`` has a leading axis ``N``.
+    For task ``i``: :func:`~metarl_jax.algorithms.inner.adapt` (``K`` inner steps on fresh data,
+    keeping it), then ``tau' ~ pi_{phi_K}``. The keys follow
+    :func:`~metarl_jax.algorithms.maml.meta_loss` (``split(key, N)`` per task, then
+    ``(key_inner, key_outer)``), so the data equal those of ``meta_loss(..., tasks, key)``.
+    ``tasks`` has a leading axis ``N``.
     """
-    _check_learner(learner)
+    check_policy_surrogate(learner, "TRPO / ProMP")
     meta_params = jax.lax.stop_gradient(meta_params)
     num_tasks = num_tasks_in(tasks)
-    theta = meta_params["policy"]
-    lr = _inner_lr(config, meta_params)
 
     def per_task(task_and_key):
         task, task_key = task_and_key
         key_inner, key_outer = jax.random.split(task_key)
-
-        def inner_step(phi, step_key):
-            data = learner.collect(step_key, phi, task)
-            _, grads = _inner_gradient(learner, config, phi, data)
-            return sgd_inner_update(phi, grads, lr), (data, learner.mean_return(data))
-
-        phi, (inner_data, inner_returns) = jax.lax.scan(
-            inner_step, theta, jax.random.split(key_inner, config.inner_steps))
+        phi, info = adapt(learner, config, meta_params, task, key_inner, inner_optimizer, keep_data=True)
         outer = learner.collect_outer(key_outer, phi, task)
-        return (inner_data, outer, learner.advantages(outer), learner.log_probs(phi, outer), phi,
-                inner_returns, learner.mean_return(outer))
+        return (info.data, outer.traj, outer.advantages, learner.log_probs(phi, outer.traj), phi,
+                info.inner_returns, learner.mean_return(outer.traj))
 
     keys = jax.random.split(key, num_tasks)
     out = map_tasks(per_task, (tasks, keys), num_tasks, config.task_chunk)
@@ -346,29 +317,7 @@ def sample_meta_batch(learner, config: MAMLConfig, meta_params: dict, tasks, key
     chex.assert_rank(adv, 3)
     chex.assert_equal_shape([adv, logp, outer.mask])
     chex.assert_shape(inner_returns, (num_tasks, config.inner_steps))
-    return MetaBatch(meta_params, inner_data, outer, adv, logp, phi, inner_returns, post_returns)
-
-
-def adapt_on_data(learner, config: MAMLConfig, meta_params: dict, inner_data):
-    """``phi_K(theta)`` from ``K`` SGD inner steps on fixed data of one task (leaves ``[K, E, T, ...]``).
-
-    ``phi_{k+1} = phi_k - alpha * grad L_in(phi_k, tau_k)`` with the data held
-    fixed: a differentiable function of ``meta_params`` (``theta`` and, for
-    Meta-SGD, ``alpha``), second order through the updates unless
-    ``config.first_order``; the inner gradient is taken as in :func:`maml.adapt`
-    (``learner.inner_grad`` hook, ``config.estimator``'s inner loss, ``config.remat``).
-    """
-    chex.assert_tree_shape_prefix(inner_data, (config.inner_steps,))
-    lr = _inner_lr(config, meta_params)
-
-    def inner_step(phi, data):
-        _, grads = _inner_gradient(learner, config, phi, data)
-        return sgd_inner_update(phi, grads, lr), None
-
-    if getattr(config, "remat", False):  # as maml.adapt: recompute each inner step in the backward pass
-        inner_step = jax.checkpoint(inner_step)
-    phi, _ = jax.lax.scan(inner_step, meta_params["policy"], inner_data)
-    return phi
+    return MetaBatch(meta_params, inner_data, outer, adv, logp, phi, inner_returns, post_returns, inner_optimizer)
 
 
 def _per_task_terms(learner, config: MAMLConfig, meta_params, batch: MetaBatch, clip_eps: float | None):
@@ -378,11 +327,9 @@ def _per_task_terms(learner, config: MAMLConfig, meta_params, batch: MetaBatch, 
     ``mean_t min(r_t A_t, clip(r_t, 1-eps, 1+eps) A_t)``; ``kl_i`` the mean KL
     from the old to the new adapted policy; means over the valid steps.
     """
-    policy = learner.policy
-
     def per_task(xs):
         inner, outer, adv, old_logp, old_phi = xs
-        phi = adapt_on_data(learner, config, meta_params, inner)
+        phi = adapt_on_data(learner, config, meta_params, inner, batch.inner_optimizer)
         ratio = jnp.exp(learner.log_probs(phi, outer) - old_logp)
         if clip_eps is None:
             objective = ratio * adv
@@ -390,7 +337,7 @@ def _per_task_terms(learner, config: MAMLConfig, meta_params, batch: MetaBatch, 
         else:
             objective = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
             clipped = (jnp.abs(ratio - 1.0) > clip_eps).astype(adv.dtype)
-        kl = kl_divergence(policy, old_phi, phi, outer.obs)
+        kl = kl_divergence(learner.acting_policy(), old_phi, phi, outer.obs)
         return (losses.masked_mean(objective, outer.mask), losses.masked_mean(kl, outer.mask),
                 losses.masked_mean(clipped, outer.mask))
 
@@ -479,35 +426,33 @@ def trpo_update(learner, config: MAMLConfig, trpo_config: TRPOConfig, meta_param
     return new_params, metrics
 
 
-def init_trpo_state(key: jax.Array, learner, config: MAMLConfig) -> MetaTrainState:
-    """A :class:`maml.MetaTrainState` with an empty optimizer state (same parameters as ``maml.init_train_state``)."""
-    return init_train_state(key, learner, config, optax.identity())
+def trpo(learner, maml_config: MAMLConfig, trpo_config: TRPOConfig, sample_tasks: Callable[[jax.Array], Any],
+         inner_optimizer: optax.GradientTransformation | None = None) -> MetaAlgorithm:
+    """TRPO on the meta-objective as a :class:`~metarl_jax.algorithms.base.MetaAlgorithm`.
 
-
-def make_trpo_step(learner, maml_config: MAMLConfig, trpo_config: TRPOConfig,
-                   sample_tasks: Callable[[jax.Array], Any]) -> Callable:
-    """One TRPO meta-iteration as a pure ``state -> (state, metrics)`` (jit it once).
-
-    Samples tasks with ``sample_tasks(key)``, a meta-batch with
-    :func:`sample_meta_batch`, and takes :func:`trpo_update`. The key plumbing
-    mirrors :func:`maml.make_meta_train_step`. ``state.opt_state`` is carried
-    unchanged (TRPO keeps no optimizer state). A non-finite gradient
-    (``metrics["grad_finite"]`` false) leaves the parameters unchanged: the line
-    search accepts only finite surrogates and KLs.
+    ``init(key)``: the same parameters as :func:`metarl_jax.algorithms.maml.maml`'s for the same key,
+    an empty optimizer state. ``step``: sample tasks with ``sample_tasks(key)``, a meta-batch with
+    :func:`sample_meta_batch`, one :func:`trpo_update` (the key plumbing of MAML's step). A
+    non-finite gradient (``metrics["grad_finite"]`` false) leaves the parameters unchanged: the line
+    search accepts only finite surrogates and KLs, so ``skip_nonfinite`` needs nothing here.
     """
-    _check_learner(learner)
-    if not isinstance(trpo_config, TRPOConfig):
-        raise ValueError(f"trpo_config={trpo_config!r} is invalid: must be a TRPOConfig")
+    check_policy_surrogate(learner, "TRPO")
+    _require(isinstance(trpo_config, TRPOConfig), "trpo_config", trpo_config, "must be a TRPOConfig")
+
+    def init(key: jax.Array) -> MetaTrainState:
+        key_init, key_run = jax.random.split(key)
+        return MetaTrainState(init_meta_params(key_init, learner, maml_config), optax.EmptyState(), key_run,
+                              jnp.zeros((), jnp.int32))
 
     def step(state: MetaTrainState):
         key, key_tasks, key_sample = jax.random.split(state.key, 3)
         tasks = sample_tasks(key_tasks)
-        batch = sample_meta_batch(learner, maml_config, state.meta_params, tasks, key_sample)
+        batch = sample_meta_batch(learner, maml_config, state.meta_params, tasks, key_sample, inner_optimizer)
         meta_params, metrics = trpo_update(learner, maml_config, trpo_config, state.meta_params, batch)
         metrics = dict(batch.metrics(), **metrics)
         return MetaTrainState(meta_params, state.opt_state, key, state.step + 1), metrics
 
-    return step
+    return MetaAlgorithm(init, step)
 
 
 # ----------------------------------------------------------------------------- ProMP
@@ -520,7 +465,7 @@ def pre_adaptation_kl(learner, meta_params, batch: MetaBatch) -> jax.Array:
     zero gradient, at ``theta = theta_old``.
     """
     first = jax.tree.map(lambda x: x[:, 0], batch.inner_data)
-    kl = kl_divergence(learner.policy, batch.old_meta_params["policy"], meta_params["policy"], first.obs)
+    kl = kl_divergence(learner.acting_policy(), batch.old_meta_params["policy"], meta_params["policy"], first.obs)
     chex.assert_equal_shape([kl, first.mask])
     return jnp.mean(jax.vmap(losses.masked_mean)(kl, first.mask))
 
@@ -571,36 +516,31 @@ def promp_update(learner, config: MAMLConfig, promp_config: ProMPConfig, meta_pa
     return meta_params, opt_state, metrics
 
 
-def init_promp_state(key: jax.Array, learner, config: MAMLConfig, promp_config: ProMPConfig,
-                     optimizer: optax.GradientTransformation | None = None) -> MetaTrainState:
-    """A :class:`maml.MetaTrainState` holding the ProMP optimizer's state."""
-    optimizer = promp_optimizer(promp_config) if optimizer is None else optimizer
-    return init_train_state(key, learner, config, optimizer)
+def promp(learner, maml_config: MAMLConfig, promp_config: ProMPConfig, sample_tasks: Callable[[jax.Array], Any],
+          outer_tx: optax.GradientTransformation | None = None, skip_nonfinite: bool = False,
+          inner_optimizer: optax.GradientTransformation | None = None) -> MetaAlgorithm:
+    """ProMP as a :class:`~metarl_jax.algorithms.base.MetaAlgorithm`: sample a meta-batch once, then
+    :func:`promp_update` (``num_outer_steps`` steps of ``outer_tx``, default ``adam(outer_lr)``, whose
+    state persists across meta-iterations).
 
-
-def make_promp_step(learner, maml_config: MAMLConfig, promp_config: ProMPConfig,
-                    sample_tasks: Callable[[jax.Array], Any],
-                    optimizer: optax.GradientTransformation | None = None,
-                    skip_nonfinite: bool = False) -> Callable:
-    """One ProMP meta-iteration as a pure ``state -> (state, metrics)`` (jit it once).
-
-    Sample a meta-batch once, then :func:`promp_update`. ProMP proper uses
-    ``MAMLConfig(estimator="lvc")``; other estimators run (the inner step is
-    then the plain surrogate's). ``optimizer`` defaults to ``adam(outer_lr)``; its
-    state persists across meta-iterations in ``state.opt_state``.
-    ``metrics["grad_finite"]`` says whether every gradient of the ``num_outer_steps``
-    steps was finite; with ``skip_nonfinite`` an iteration where one was not leaves
-    the parameters and the optimizer state unchanged.
+    ProMP proper uses ``MAMLConfig(estimator="lvc")``; other estimators run (the inner step is then
+    the plain surrogate's). ``metrics["grad_finite"]`` says whether every gradient of the
+    ``num_outer_steps`` steps was finite; with ``skip_nonfinite`` an iteration where one was not
+    leaves the parameters and the optimizer state unchanged.
     """
-    _check_learner(learner)
-    if not isinstance(promp_config, ProMPConfig):
-        raise ValueError(f"promp_config={promp_config!r} is invalid: must be a ProMPConfig")
-    optimizer = promp_optimizer(promp_config) if optimizer is None else optimizer
+    check_policy_surrogate(learner, "ProMP")
+    _require(isinstance(promp_config, ProMPConfig), "promp_config", promp_config, "must be a ProMPConfig")
+    optimizer = promp_optimizer(promp_config) if outer_tx is None else outer_tx
+
+    def init(key: jax.Array) -> MetaTrainState:
+        key_init, key_run = jax.random.split(key)
+        meta_params = init_meta_params(key_init, learner, maml_config)
+        return MetaTrainState(meta_params, optimizer.init(meta_params), key_run, jnp.zeros((), jnp.int32))
 
     def step(state: MetaTrainState):
         key, key_tasks, key_sample = jax.random.split(state.key, 3)
         tasks = sample_tasks(key_tasks)
-        batch = sample_meta_batch(learner, maml_config, state.meta_params, tasks, key_sample)
+        batch = sample_meta_batch(learner, maml_config, state.meta_params, tasks, key_sample, inner_optimizer)
         meta_params, opt_state, metrics = promp_update(learner, maml_config, promp_config, state.meta_params,
                                                        state.opt_state, batch, optimizer)
         finite = jnp.all(metrics["grad_finite"])
@@ -622,4 +562,4 @@ def make_promp_step(learner, maml_config: MAMLConfig, promp_config: ProMPConfig,
         )
         return MetaTrainState(meta_params, opt_state, key, state.step + 1), summary
 
-    return step
+    return MetaAlgorithm(init, step)

@@ -21,26 +21,24 @@ Everything above is traced once and compiled as one XLA program (a
 batch, a Monte-Carlo estimate: scores are noisy, which PLR's rank
 prioritisation tolerates (only the order matters).
 
-:func:`meta_train_with_selection` runs it in :func:`metarl_jax.training.loop.run_loop`, the loop
-of :func:`metarl_jax.training.loop.meta_train` (``metrics.jsonl``, checkpoints, resume);
-the checkpoint holds the whole :class:`SelectionTrainState` (parameters,
+:func:`with_task_selection` wraps any algorithm whose state is a
+:class:`~metarl_jax.algorithms.base.MetaTrainState` (MAML, TRPO, ProMP, multi-task) and returns
+one, like ``optax.chain``; :func:`metarl_jax.training.loop.run` runs it (``metrics.jsonl``,
+checkpoints, resume); the checkpoint holds the whole :class:`SelectionTrainState` (parameters,
 optimizer state, PRNG key, step, sampler state, pool and pool optima), so a
 resumed run reproduces an uninterrupted one exactly.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metarl_jax.training import loop as train_lib
-from metarl_jax.algorithms.maml import MAMLConfig, MetaTrainState, init_train_state, keep_if_finite, make_meta_train_step
+from metarl_jax.algorithms.base import MetaAlgorithm, MetaTrainState, keep_if_finite
 from metarl_jax.algorithms.task_sampler import (
     SamplerState,
     TaskSelectionConfig,
@@ -53,6 +51,7 @@ from metarl_jax.algorithms.task_sampler import (
     update_scores,
 )
 from metarl_jax.tasks.base import num_tasks_in
+from metarl_jax.validation import require as _require
 
 #: ``fold_in`` stream of the training seed that draws the task pool.
 POOL_STREAM = 0x7A5C
@@ -116,10 +115,6 @@ def selection_scores(selection_config: TaskSelectionConfig, post_returns: jax.Ar
     raise ValueError(f"score={score!r} is invalid for meta-training")
 
 
-def _horizon(learner) -> int:
-    return int(learner.config.horizon)
-
-
 def pool_optimal_returns(family, pool, horizon: int) -> jax.Array:
     """``[P]`` exact optimal returns of the pool's tasks (zeros when the family has no solver)."""
     p = num_tasks_in(pool)
@@ -128,54 +123,54 @@ def pool_optimal_returns(family, pool, horizon: int) -> jax.Array:
     return jax.vmap(lambda t: family.optimal_return(t, horizon))(pool).astype(jnp.float32)
 
 
-def init_selection_state(key: jax.Array, learner, maml_config: MAMLConfig, optimizer,
-                         selection_config: TaskSelectionConfig, pool=None) -> SelectionTrainState:
-    """Fresh state: meta-parameters as :func:`metarl_jax.algorithms.maml.init_train_state` with the same
-    ``key``, an empty sampler and a pool of ``selection_config.pool_size`` tasks drawn from
-    ``learner.env`` with ``fold_in(key, POOL_STREAM)`` (or the given ``pool``)."""
-    family = learner.env
-    check_score(selection_config, family)
-    if pool is None:
-        pool = task_pool(family, jax.random.fold_in(key, POOL_STREAM), selection_config.pool_size)
-    if num_tasks_in(pool) != selection_config.pool_size:
-        raise ValueError(
-            f"pool_size={selection_config.pool_size!r} does not match the given pool of {num_tasks_in(pool)} tasks"
-        )
-    base = init_train_state(key, learner, maml_config, optimizer)
-    return SelectionTrainState(base.meta_params, base.opt_state, base.key, base.step,
-                               init_sampler(selection_config), pool,
-                               pool_optimal_returns(family, pool, _horizon(learner)))
+def _no_tasks(key):
+    raise ValueError("with_task_selection: the wrapped algorithm's init must not sample tasks")
 
 
-def make_selection_train_step(
-    learner,
-    maml_config: MAMLConfig,
-    optimizer,
+def with_task_selection(
+    algorithm: Callable[[Callable[[jax.Array], Any]], MetaAlgorithm],
+    family,
     selection_config: TaskSelectionConfig,
     meta_batch: int,
-    inner_optimizer=None,
-    skip_nonfinite: bool = False,
-):
-    """One meta-iteration with task selection, ``state -> (state, metrics)``: pure and jittable.
+    horizon: int,
+    pool=None,
+) -> MetaAlgorithm:
+    """Task selection around an algorithm: ``algorithm(sample_tasks) -> MetaAlgorithm`` (e.g.
+    ``lambda sample: maml(learner, config, outer_tx, sample)``) whose state is a
+    :class:`~metarl_jax.algorithms.base.MetaTrainState`.
 
-    The meta-gradient step is :func:`metarl_jax.algorithms.maml.make_meta_train_step` on the gathered
-    tasks (so the update, the non-finite guard and the metrics are exactly those of
-    uniform meta-training); around it the sampler draws ``meta_batch`` pool indices and
-    records their scores. Extra metrics: ``task_indices [B]`` and ``task_scores [B]``.
-    A batch whose scores are not all finite leaves the sampler unchanged.
+    ``init(key)``: the wrapped algorithm's state for ``key``, an empty sampler and a pool of
+    ``selection_config.pool_size`` tasks drawn from ``family`` with ``fold_in(key, POOL_STREAM)``
+    (or the given ``pool``), with their exact optimal returns over ``horizon`` steps.
+    ``step``: draw ``meta_batch`` pool indices with the sampler, run the wrapped algorithm's step on
+    exactly those tasks (so the update, the non-finite guard and the metrics are the wrapped
+    algorithm's), then record the tasks' scores (module docstring). Extra metrics: ``task_indices
+    [B]`` and ``task_scores [B]``. A batch whose scores are not all finite leaves the sampler unchanged.
     """
+    check_score(selection_config, family)
+    _require(isinstance(meta_batch, (int, np.integer)) and not isinstance(meta_batch, bool) and meta_batch >= 1,
+             "meta_batch", meta_batch, "must be an integer >= 1")
     meta_batch = int(meta_batch)
-    if meta_batch < 1:
-        raise ValueError(f"meta_batch={meta_batch!r} is invalid: must be an integer >= 1")
+
+    def init(key: jax.Array) -> SelectionTrainState:
+        tasks = pool
+        if tasks is None:
+            tasks = task_pool(family, jax.random.fold_in(key, POOL_STREAM), selection_config.pool_size)
+        if num_tasks_in(tasks) != selection_config.pool_size:
+            raise ValueError(f"pool_size={selection_config.pool_size!r} does not match the given pool of "
+                             f"{num_tasks_in(tasks)} tasks")
+        base = algorithm(_no_tasks).init(key)
+        return SelectionTrainState(base.meta_params, base.opt_state, base.key, base.step,
+                                   init_sampler(selection_config), tasks,
+                                   pool_optimal_returns(family, tasks, horizon))
 
     def step(state: SelectionTrainState):
         chex.assert_shape(state.pool_optimum, (selection_config.pool_size,))
         key, key_select = jax.random.split(state.key)
         indices = sample_indices(selection_config, state.sampler, key_select, meta_batch)
         tasks = gather_tasks(state.pool, indices)
-        base_step = make_meta_train_step(learner, maml_config, optimizer, lambda _: tasks, inner_optimizer,
-                                         skip_nonfinite=skip_nonfinite)
-        base, metrics = base_step(MetaTrainState(state.meta_params, state.opt_state, key, state.step))
+        base, metrics = algorithm(lambda _: tasks).step(
+            MetaTrainState(state.meta_params, state.opt_state, key, state.step))
         post = metrics["per_task_post_adaptation_return"]
         chex.assert_shape(post, (meta_batch,))
         scores = selection_scores(selection_config, post, state.pool_optimum[indices])
@@ -187,77 +182,7 @@ def make_selection_train_step(
                                         state.pool, state.pool_optimum)
         return new_state, metrics
 
-    return step
-
-
-def _build_step(learner, maml_config, train_config, selection_config, inner_optimizer):
-    optimizer = train_lib.make_optimizer(train_config)
-    return make_selection_train_step(learner, maml_config, optimizer, selection_config, train_config.meta_batch,
-                                     inner_optimizer, skip_nonfinite=train_config.on_nonfinite == "skip")
-
-
-_cached_step = functools.lru_cache(maxsize=8)(_build_step)
-
-
-def selection_train_step(learner, maml_config, train_config, selection_config, inner_optimizer=None):
-    """The meta-iteration :func:`meta_train_with_selection` runs: :func:`make_selection_train_step`
-    with :func:`metarl_jax.training.loop.make_optimizer` and ``train_config``'s ``meta_batch`` and
-    non-finite policy.
-
-    Equal (hashable) arguments return the same function, so repeated runs (seeds,
-    resumes, tests) compile once; ``num_iterations``, ``seed`` and the checkpoint
-    settings do not matter.
-    """
-    if inner_optimizer is None:
-        key_config = dataclasses.replace(train_config, num_iterations=1, seed=0, iterations_per_call=1,
-                                         checkpoint_every=1, keep_checkpoints=1)
-        try:
-            return _cached_step(learner, maml_config, key_config, selection_config, None)
-        except TypeError:  # an unhashable learner: no cache
-            pass
-    return _build_step(learner, maml_config, train_config, selection_config, inner_optimizer)
-
-
-def compiled_multi_step(learner, maml_config, train_config, selection_config, inner_optimizer=None):
-    """The jitted ``lax.scan`` of ``iterations_per_call`` selection meta-iterations, ``state -> (state, metrics)``.
-
-    Equal (hashable) arguments return the same jitted function (the one
-    :func:`meta_train_with_selection` runs), so repeated runs compile once.
-    """
-    step = selection_train_step(learner, maml_config, train_config, selection_config, inner_optimizer)
-    return train_lib.jit_multi_step(step, int(train_config.iterations_per_call))
-
-
-def meta_train_with_selection(
-    learner,
-    maml_config: MAMLConfig,
-    train_config: train_lib.TrainConfig,
-    selection_config: TaskSelectionConfig,
-    run_dir: str | None = None,
-    *,
-    pool=None,
-    progress: bool = True,
-    stop_after: int | None = None,
-    inner_optimizer=None,
-) -> tuple[SelectionTrainState, list[dict]]:
-    """Meta-train ``learner`` on tasks selected from a fixed pool; return ``(final state, history)``.
-
-    :func:`metarl_jax.training.loop.run_loop` (``metrics.jsonl``, crash-safe checkpoints of
-    the whole :class:`SelectionTrainState` every ``checkpoint_every`` iterations with
-    the selection config in their metadata, resume from the latest checkpoint in
-    ``run_dir/checkpoints``, ``stop_after`` to simulate an interruption, non-finite
-    policy) over :func:`selection_train_step` from :func:`init_selection_state` with
-    ``PRNGKey(train_config.seed)``. The pool is drawn from ``learner.env`` with the
-    training seed unless ``pool`` is given.
-    """
-    check_score(selection_config, learner.env)
-    optimizer = train_lib.make_optimizer(train_config)
-    state = init_selection_state(jax.random.PRNGKey(train_config.seed), learner, maml_config, optimizer,
-                                 selection_config, pool)
-    step = selection_train_step(learner, maml_config, train_config, selection_config, inner_optimizer)
-    return train_lib.run_loop(step, state, train_config, run_dir, progress=progress, stop_after=stop_after,
-                              desc=f"meta-iterations ({selection_config.strategy})",
-                              metadata={"selection": dataclasses.asdict(selection_config)})
+    return MetaAlgorithm(init, step)
 
 
 def tail_mean(values, fraction: float = 0.1) -> float:

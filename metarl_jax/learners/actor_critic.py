@@ -95,6 +95,7 @@ import numpy as np
 from flax import struct
 
 from metarl_jax import losses
+from metarl_jax.learners.base import LearnerDefaults, OuterBatch
 from metarl_jax.learners.pg import NORMALIZATIONS, _require, _require_unroll
 from metarl_jax.networks import (
     ACTIVATIONS,
@@ -372,16 +373,8 @@ class SharedActorCritic:
 # ----------------------------------------------------------------------------- learner
 
 
-@struct.dataclass
-class OuterTrajectory(Trajectory):
-    """A :class:`Trajectory` of outer data plus the scale ``c`` of the outer surrogate's gradient (scalar)."""
-
-    surrogate_scale: jax.Array
-
-
-
 @dataclasses.dataclass(frozen=True)
-class ActorCriticLearner:
+class ActorCriticLearner(LearnerDefaults):
     """Actor-critic inner learner for :mod:`metarl_jax.algorithms.maml` (interface of :mod:`metarl_jax.learners.pg`).
 
     Args:
@@ -433,14 +426,20 @@ class ActorCriticLearner:
         return rollout(key, self.env, self.model, params, task, cfg.num_inner_episodes, cfg.horizon,
                        cfg.rollout_unroll)
 
-    def collect_outer(self, key: jax.Array, params, task) -> "OuterTrajectory":
-        """Outer data, with the outer surrogate's scale ``c`` (see :meth:`objective_estimate`) attached."""
+    def collect_outer(self, key: jax.Array, params, task) -> OuterBatch:
+        """Outer data with its constants: the objective estimate (mean discounted return times the
+        outer surrogate's scale ``c``, which needs the adapted critic) and the actor's advantages."""
         cfg = self.config
         traj = rollout(key, self.env, self.model, params, task, cfg.num_outer_episodes, cfg.horizon,
                        cfg.rollout_unroll)
-        scale = self.outer_surrogate_scale(jax.lax.stop_gradient(params), traj)
-        return OuterTrajectory(**{f.name: getattr(traj, f.name) for f in dataclasses.fields(traj)},
-                               surrogate_scale=scale)
+        fixed = jax.lax.stop_gradient(params)
+        scale = self.outer_surrogate_scale(fixed, traj)
+        objective = jax.lax.stop_gradient(jnp.mean(traj.episode_returns(cfg.gamma)) * scale)
+        adv, _ = self.outer_advantages_and_targets(fixed, traj)
+        return OuterBatch(traj=traj, objective=objective, advantages=self._actor_advantages(adv, traj.mask))
+
+    def acting_policy(self):
+        return self.model
 
     # --- building blocks
 
@@ -541,9 +540,10 @@ class ActorCriticLearner:
             c = c / (jnp.sqrt(losses.masked_mean(jnp.square(adv - mean), traj.mask)) + 1e-8)
         return jax.lax.stop_gradient(c)
 
-    def outer_loss(self, params, traj: Trajectory) -> jax.Array:
+    def outer_loss(self, params, batch: OuterBatch) -> jax.Array:
         """``-S(log pi, stop(A')) + c_o * 1/2 mean (V - stop(y'))^2`` on the outer batch."""
         cfg = self.config
+        traj = batch.traj
         logp = self.log_probs(params, traj)
         adv, targets = self.outer_advantages_and_targets(params, traj)
         actor = -losses.policy_gradient_surrogate(logp, self._actor_advantages(adv, traj.mask), traj.mask)
@@ -552,21 +552,6 @@ class ActorCriticLearner:
             loss = loss + cfg.outer_critic_coef * losses.value_loss(self.model.value(params, traj.obs), targets,
                                                                    traj.mask)
         return loss
-
-    def objective_estimate(self, traj: Trajectory) -> jax.Array:
-        """Mean discounted return times ``c``, the scale of the outer surrogate's gradient.
-
-        DiCE's score term ``(V_hat - b) grad log p(tau)`` must carry the same ``c`` as
-        the path term ``c * grad J`` or the two parts of the meta-gradient would be
-        weighed inconsistently (as in ``PolicyGradientLearner``). ``c`` comes with the
-        data of :meth:`collect_outer` (it needs the adapted critic); on a plain
-        :class:`Trajectory` only the data-dependent normalisation is applied.
-        """
-        scale = traj.surrogate_scale if isinstance(traj, OuterTrajectory) else self._scale(traj)
-        return jax.lax.stop_gradient(jnp.mean(traj.episode_returns(self.config.gamma)) * scale)
-
-    def mean_return(self, traj: Trajectory) -> jax.Array:
-        return jnp.mean(traj.episode_returns(1.0))
 
     def policy_entropy(self, params, traj: Trajectory) -> jax.Array:
         """Mean entropy of the actor over the valid states of ``traj``: ``[]`` (differentiable)."""

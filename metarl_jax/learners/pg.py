@@ -1,30 +1,6 @@
-"""Inner learners: how to collect data, which inner loss, which outer loss.
+"""The policy-gradient (REINFORCE) inner learner, and a learner with user-written losses.
 
-A learner is a frozen dataclass over ``(env, policy, config)`` exposing pure
-functions that :mod:`metarl_jax.algorithms.maml` composes into ``adapt`` and the meta-loss:
-
-* ``init(key) -> params``: parameters of the adapted model (policy, critic, Q...).
-* ``collect(key, params, task) -> data``: sample data for one (inner or outer) step;
-  sampling is never differentiated.
-* ``inner_loss(params, data, estimator) -> loss``: what the inner step descends.
-* ``log_prob_of_data(params, data) -> scalar``: ``sum log p(data; params)`` over the
-  sampled actions (the part of the data density that depends on ``params``); the
-  DiCE meta-gradient multiplies it into the outer objective once.
-* ``outer_loss(params, data) -> loss``: what the meta-gradient descends after adaptation.
-* optional ``inner_grad_and_log_prob(params, data, estimator) -> (loss, grads, log_prob_sum)``:
-  the inner loss, its gradient and ``log_prob_of_data`` from *one* forward pass of the
-  model (what ``"dice"`` needs at every inner step); :func:`metarl_jax.algorithms.maml.adapt` uses
-  it when present instead of three separate passes.
-* ``objective_estimate(data) -> scalar``: an unbiased estimate of the expected
-  post-adaptation objective whose gradient the outer loss estimates (the mean
-  discounted return for policy-gradient learners); weighs the DiCE score term.
-* ``mean_return(data) -> scalar``: mean undiscounted episode return, for metrics.
-* optional ``policy_entropy(params, data) -> scalar``: mean policy entropy over the data's
-  states, for ``MAMLConfig.init_entropy_coef``.
-* optional ``supported_estimators``: the estimators whose inner step this learner's
-  ``inner_loss`` implements (default: all of ``ESTIMATORS``). ``"lvc"`` needs an inner
-  loss that switches to the LVC surrogate when asked; a learner whose loss ignores
-  ``estimator`` leaves it out, and :func:`check_estimator` rejects the combination.
+Interface: :class:`metarl_jax.learners.base.Learner`.
 """
 
 from __future__ import annotations
@@ -35,30 +11,12 @@ import jax
 import jax.numpy as jnp
 
 from metarl_jax import losses
+from metarl_jax.learners.base import ESTIMATORS, PLAIN_LOSS_ESTIMATORS, LearnerDefaults, OuterBatch
 from metarl_jax.rollout import Trajectory, rollout
+from metarl_jax.validation import require as _require
 
 BASELINES = ("none", "mean", "linear")
 NORMALIZATIONS = ("episode", "step")
-ESTIMATORS = ("dice", "lvc", "naive", "first_order")
-#: Estimators whose inner step descends the plain inner loss: any differentiable inner loss supports them
-#: (``"dice"`` adds the score term of the sampled data, which does not depend on the loss).
-PLAIN_LOSS_ESTIMATORS = ("dice", "naive", "first_order")
-
-
-def _require(cond: bool, field: str, value, allowed: str) -> None:
-    if not cond:
-        raise ValueError(f"{field}={value!r} is invalid: {allowed}")
-
-
-def check_estimator(learner, estimator: str) -> None:
-    """Raise ``ValueError`` unless ``learner``'s inner loss implements ``estimator``'s inner step.
-
-    A learner declares ``supported_estimators`` (default: every one of ``ESTIMATORS``).
-    """
-    supported = tuple(getattr(learner, "supported_estimators", ESTIMATORS))
-    _require(estimator in supported, "estimator", estimator,
-             f"{type(learner).__name__}'s inner loss supports {supported} (declare supported_estimators "
-             "on a custom inner loss that implements another)")
 
 
 def _require_unroll(value) -> None:
@@ -136,7 +94,7 @@ def pg_advantages(traj: Trajectory, gamma: float, baseline: str, standardize: bo
 
 
 @dataclasses.dataclass(frozen=True)
-class PolicyGradientLearner:
+class PolicyGradientLearner(LearnerDefaults):
     """REINFORCE inner learner; the outer loss is the policy-gradient surrogate of the adapted policy."""
 
     env: object
@@ -151,10 +109,15 @@ class PolicyGradientLearner:
         return rollout(key, self.env, self.policy, params, task, cfg.num_inner_episodes, cfg.horizon,
                        cfg.rollout_unroll)
 
-    def collect_outer(self, key: jax.Array, params, task) -> Trajectory:
+    def collect_outer(self, key: jax.Array, params, task) -> OuterBatch:
+        """``E'`` episodes of ``pi_params`` with their objective estimate and advantages (constants)."""
         cfg = self.config
-        return rollout(key, self.env, self.policy, params, task, cfg.num_outer_episodes, cfg.horizon,
+        traj = rollout(key, self.env, self.policy, params, task, cfg.num_outer_episodes, cfg.horizon,
                        cfg.rollout_unroll)
+        return OuterBatch(traj=traj, objective=self.objective_of(traj), advantages=self.advantages(traj))
+
+    def acting_policy(self):
+        return self.policy
 
     def advantages(self, traj: Trajectory) -> jax.Array:
         cfg = self.config
@@ -201,12 +164,14 @@ class PolicyGradientLearner:
         (grads,) = pullback(dloss_dlogp)
         return loss, grads, jnp.sum(logp * traj.mask)
 
-    def outer_loss(self, params, traj: Trajectory) -> jax.Array:
+    def outer_loss(self, params, batch: OuterBatch) -> jax.Array:
+        """``-c S(log pi_params, A)`` on the outer batch (``A`` = ``batch.advantages``, constants)."""
+        traj = batch.traj
         logp = self.log_probs(params, traj)
-        return -losses.policy_gradient_surrogate(logp, self.advantages(traj), traj.mask) * self.surrogate_scale(traj)
+        return -losses.policy_gradient_surrogate(logp, batch.advantages, traj.mask) * self.surrogate_scale(traj)
 
-    def objective_estimate(self, traj: Trajectory) -> jax.Array:
-        """Mean discounted return, on the scale of :meth:`outer_loss`'s gradient.
+    def objective_of(self, traj: Trajectory) -> jax.Array:
+        """Mean discounted return, on the scale of :meth:`outer_loss`'s gradient (``OuterBatch.objective``).
 
         The outer surrogate estimates ``c * grad V`` where ``c`` is the surrogate's
         normalisation (``1/T`` for ``normalize="step"``) divided by the advantage
@@ -223,29 +188,30 @@ class PolicyGradientLearner:
             value = value / (std + 1e-8)
         return jax.lax.stop_gradient(value)
 
-    def mean_return(self, traj: Trajectory) -> jax.Array:
-        return jnp.mean(traj.episode_returns(1.0))
-
     def policy_entropy(self, params, traj: Trajectory) -> jax.Array:
         """Mean entropy of ``pi_params(.|s)`` over the valid states of ``traj``: ``[]`` (differentiable)."""
         return losses.entropy_bonus(self.policy.entropy(params, traj.obs), traj.mask)
 
 
 @dataclasses.dataclass(frozen=True)
-class CustomLossLearner:
+class CustomLossLearner(LearnerDefaults):
     """A learner with its inner and/or outer loss replaced by your own pure function.
 
-    ``inner(base, params, data, estimator) -> scalar`` and ``outer(base, params, data) -> scalar``
-    receive the wrapped learner ``base`` so they can reuse its pieces (``base.log_probs``,
-    ``base.advantages``, ``base.surrogate_scale``, ``base.policy``...). Everything else (data
-    collection, the DiCE score term, metrics) is the base learner's. MAML differentiates through
-    the new inner loss to any order like through the built-in ones. See ``docs/losses.md``.
+    ``inner(base, params, data, estimator) -> scalar`` (``data``: a :class:`Trajectory`) and
+    ``outer(base, params, batch) -> scalar`` (``batch``: an :class:`OuterBatch`) receive the wrapped
+    learner ``base`` so they can reuse its pieces (``base.log_probs``, ``base.advantages``,
+    ``base.surrogate_scale``, ``base.policy``...). Everything else (data collection, the DiCE score
+    term, metrics) is the base learner's. MAML differentiates through the new inner loss to any
+    order like through the built-in ones. See ``docs/losses.md``.
+
+    With ``inner``, the inner gradient is ``jax.value_and_grad`` of it (a base learner's
+    hand-written inner gradient does not know the new loss); without, the base's.
 
     ``estimators``: the estimators the new inner loss implements. Default: those that step along
     the plain loss (``PLAIN_LOSS_ESTIMATORS``: ``"dice"``, ``"naive"``, ``"first_order"``); add
     ``"lvc"`` only if ``inner`` switches to an LVC-style surrogate when ``estimator == "lvc"``.
-    Asking :func:`metarl_jax.algorithms.maml.adapt` for another one is a ``ValueError``, never a silent
-    change of estimator. Without ``inner`` the base learner's estimators apply.
+    Asking :func:`metarl_jax.algorithms.inner.adapt` for another one is a ``ValueError``, never a
+    silent change of estimator. Without ``inner`` the base learner's estimators apply.
     """
 
     base: object
@@ -260,25 +226,78 @@ class CustomLossLearner:
                      f"a non-empty tuple of {ESTIMATORS}")
 
     def __getattr__(self, name):
-        if name in ("inner_grad", "inner_grad_and_log_prob") and self.inner is not None:
-            # A base learner's hand-written inner gradient does not know the new loss.
+        # Attributes outside the Learner interface (policy, advantages, surrogate_scale...) are the base's.
+        if name.startswith("__") or name in ("base", "inner", "outer", "estimators"):
             raise AttributeError(name)
         return getattr(self.base, name)
+
+    @property
+    def env(self):
+        return self.base.env
+
+    @property
+    def config(self):
+        return self.base.config
+
+    @property
+    def has_policy_surrogate(self) -> bool:
+        return self.outer is None and self.base.has_policy_surrogate
 
     @property
     def supported_estimators(self) -> tuple[str, ...]:
         if self.estimators is not None:
             return tuple(self.estimators)
         if self.inner is None:
-            return tuple(getattr(self.base, "supported_estimators", ESTIMATORS))
+            return tuple(self.base.supported_estimators)
         return PLAIN_LOSS_ESTIMATORS
+
+    def init(self, key):
+        return self.base.init(key)
+
+    def collect(self, key, params, task):
+        return self.base.collect(key, params, task)
+
+    def collect_outer(self, key, params, task):
+        return self.base.collect_outer(key, params, task)
+
+    def acting_policy(self):
+        return self.base.acting_policy()
+
+    def log_probs(self, params, traj):
+        return self.base.log_probs(params, traj)
+
+    def log_prob_of_data(self, params, data):
+        return self.base.log_prob_of_data(params, data)
+
+    def policy_entropy(self, params, traj):
+        return self.base.policy_entropy(params, traj)
+
+    def kl_divergence(self, params_old, params_new, obs):
+        return self.base.kl_divergence(params_old, params_new, obs)
+
+    def objective_estimate(self, batch):
+        return self.base.objective_estimate(batch)
+
+    def mean_return(self, traj):
+        return self.base.mean_return(traj)
 
     def inner_loss(self, params, data, estimator: str = "dice"):
         if self.inner is None:
             return self.base.inner_loss(params, data, estimator)
         return self.inner(self.base, params, data, estimator)
 
-    def outer_loss(self, params, data):
+    def inner_grad(self, params, data, estimator: str = "dice"):
+        if self.inner is None:
+            return self.base.inner_grad(params, data, estimator)
+        return jax.value_and_grad(self.inner_loss)(params, data, estimator)
+
+    def inner_grad_and_log_prob(self, params, data, estimator: str = "dice"):
+        if self.inner is None:
+            return self.base.inner_grad_and_log_prob(params, data, estimator)
+        loss, grads = self.inner_grad(params, data, estimator)
+        return loss, grads, self.log_prob_of_data(params, data)
+
+    def outer_loss(self, params, batch):
         if self.outer is None:
-            return self.base.outer_loss(params, data)
-        return self.outer(self.base, params, data)
+            return self.base.outer_loss(params, batch)
+        return self.outer(self.base, params, batch)

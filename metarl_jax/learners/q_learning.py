@@ -108,7 +108,8 @@ import optax
 from flax import struct
 
 from metarl_jax import losses
-from metarl_jax.learners.pg import PLAIN_LOSS_ESTIMATORS, _require, _require_unroll
+from metarl_jax.learners.base import PLAIN_LOSS_ESTIMATORS, LearnerDefaults, OuterBatch
+from metarl_jax.learners.pg import _require, _require_unroll
 from metarl_jax.networks import ACTIVATIONS, MLP
 from metarl_jax.rollout import Trajectory, rollout
 
@@ -368,20 +369,11 @@ def tie_target_network(optimizer: optax.GradientTransformation) -> optax.Gradien
     return optax.GradientTransformation(init, update)
 
 
-@struct.dataclass
-class OuterBatch:
-    """The outer batch: the trajectories and ``objective``, the scalar that
-    :meth:`QLearner.objective_estimate` reports (computed at collection, not differentiated)."""
-
-    traj: Trajectory
-    objective: jax.Array
-
-
 # --------------------------------------------------------------------------- learner
 
 
 @dataclasses.dataclass(frozen=True)
-class QLearner:
+class QLearner(LearnerDefaults):
     """Q-learning inner learner for :mod:`metarl_jax.algorithms.maml` (see the module docstring).
 
     Args:
@@ -400,6 +392,9 @@ class QLearner:
 
     #: The TD inner step has no LVC form: ``"lvc"`` would silently be ``"naive"``, so it is refused.
     supported_estimators = PLAIN_LOSS_ESTIMATORS
+    #: The outer objective is a TD loss (or the Boltzmann policy's return): TRPO / ProMP's
+    #: likelihood-ratio surrogate of a stochastic policy's return does not apply.
+    has_policy_surrogate = False
 
     # ---- policies
     @property
@@ -438,7 +433,19 @@ class QLearner:
             objective = -self.td_loss(jax.lax.stop_gradient(params), traj)
         else:
             objective = jnp.sum(traj.episode_returns(cfg.gamma)) / self._normalizer(traj)
-        return OuterBatch(traj=traj, objective=jax.lax.stop_gradient(objective))
+        return OuterBatch(traj=traj, objective=jax.lax.stop_gradient(objective), advantages=jnp.zeros_like(traj.reward))
+
+    def acting_policy(self):
+        """The behaviour policy, as a policy over the whole ``params`` (it reads ``params["online"]``)."""
+        return _OnlinePolicy(self.behaviour_policy)
+
+    def log_probs(self, params, traj: Trajectory) -> jax.Array:
+        """``log pi_behaviour(a_t | s_t)`` under ``Q_params``: ``[E, T]``."""
+        return self.behaviour_policy.log_prob(params["online"], traj.obs, traj.action)
+
+    def policy_entropy(self, params, traj: Trajectory) -> jax.Array:
+        """Mean entropy of the behaviour policy over the valid states of ``traj``: ``[]``."""
+        return losses.entropy_bonus(self.behaviour_policy.entropy(params["online"], traj.obs), traj.mask)
 
     def _check(self, traj: Trajectory) -> None:
         chex.assert_rank(traj.reward, 2)
@@ -529,14 +536,25 @@ class QLearner:
         reward_to_go = jax.lax.stop_gradient(losses.discounted_returns(traj.reward, traj.mask, self.config.gamma))
         return -jnp.sum(logp * reward_to_go * traj.mask) / self._normalizer(traj)
 
-    def objective_estimate(self, data: OuterBatch) -> jax.Array:
-        """Minus the outer TD loss (``"td"``) or the mean discounted return per ``Z`` (``"return"``)."""
-        return data.objective
 
-    def mean_return(self, data) -> jax.Array:
-        """Mean undiscounted episode return of a batch (inner ``Trajectory`` or :class:`OuterBatch`)."""
-        traj = data.traj if isinstance(data, OuterBatch) else data
-        return jnp.mean(traj.episode_returns(1.0))
+
+@dataclasses.dataclass(frozen=True)
+class _OnlinePolicy:
+    """A policy over ``params["online"]`` seen as a policy over the Q-learner's whole ``params``."""
+
+    policy: object
+
+    def log_prob(self, params, obs, action):
+        return self.policy.log_prob(params["online"], obs, action)
+
+    def sample(self, key, params, obs):
+        return self.policy.sample(key, params["online"], obs)
+
+    def entropy(self, params, obs):
+        return self.policy.entropy(params["online"], obs)
+
+    def kl_divergence(self, params_old, params_new, obs):
+        return self.policy.kl_divergence(params_old["online"], params_new["online"], obs)
 
 
 def q_network_for(family, hidden_sizes: Sequence[int] = (64, 64), activation: str = "relu", tabular: bool = False):

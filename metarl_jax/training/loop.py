@@ -1,13 +1,10 @@
 """The loop around the jitted meta-iteration: progress bar, metrics on disk, checkpoints, resume.
 
-:func:`run_loop` is the one loop. It takes any pure step function
-``state -> (state, metrics)`` (MAML's :func:`metarl_jax.algorithms.maml.make_meta_train_step`,
-task selection's :func:`metarl_jax.algorithms.task_selection.make_selection_train_step`, TRPO's
-and ProMP's :func:`metarl_jax.algorithms.outer.make_trpo_step` / :func:`~metarl_jax.algorithms.outer.make_promp_step`)
-and an initial state (a pytree whose ``step`` field counts finished iterations:
-:class:`~metarl_jax.algorithms.maml.MetaTrainState`, :class:`~metarl_jax.algorithms.task_selection.SelectionTrainState`).
-:func:`meta_train` (MAML) and :func:`meta_train_outer` (TRPO / ProMP) build the
-step and the initial state and call it; :mod:`metarl_jax.algorithms.task_selection` does the same.
+:func:`run` is the one loop: it runs any :class:`~metarl_jax.algorithms.base.MetaAlgorithm`
+(``init(key) -> state``, ``step(state) -> (state, metrics)``: MAML, TRPO, ProMP, multi-task, task
+selection around any of them) from ``algorithm.init(PRNGKey(seed))``; :func:`run_loop` is the same
+loop for a bare step function and initial state. The only ``jit`` of training is here
+(:func:`jit_multi_step`).
 
 The compiled unit is a ``lax.scan`` over ``iterations_per_call`` meta-iterations
 (each: sample tasks, adapt, meta-gradient, optimizer step); nothing inside it
@@ -35,10 +32,9 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from metarl_jax.algorithms.base import MetaAlgorithm
 from metarl_jax.training import checkpoint as ckpt
-from metarl_jax.algorithms import outer
-from metarl_jax.learners.pg import _require
-from metarl_jax.algorithms.maml import MAMLConfig, MetaTrainState, init_meta_params, init_train_state, make_meta_train_step
+from metarl_jax.validation import require as _require
 
 NONFINITE_POLICIES = ("stop", "skip")
 LR_SCHEDULES = ("constant", "cosine")
@@ -321,144 +317,39 @@ def run_loop(
     return state, history
 
 
-def meta_train(
-    learner,
-    maml_config: MAMLConfig,
+def run(
+    algorithm: MetaAlgorithm,
     train_config: TrainConfig,
-    sample_tasks: Callable[[jax.Array], Any],
     run_dir: str | None = None,
     *,
     progress: bool = True,
     stop_after: int | None = None,
-    inner_optimizer=None,
-) -> tuple[MetaTrainState, list[dict]]:
-    """Meta-train ``learner`` with MAML and return ``(final state, per-iteration metrics)``.
+    desc: str = "meta-iterations",
+    metadata: dict | None = None,
+) -> tuple[Any, list[dict]]:
+    """Run ``algorithm`` from ``algorithm.init(PRNGKey(train_config.seed))``; return ``(final state, history)``.
 
-    :func:`run_loop` over :func:`metarl_jax.algorithms.maml.make_meta_train_step` (Adam with
-    ``outer_lr`` and optional clipping, :func:`make_optimizer`) from
-    :func:`metarl_jax.algorithms.maml.init_train_state` with ``PRNGKey(train_config.seed)``.
-    ``sample_tasks(key)`` returns a batch of ``train_config.meta_batch`` tasks.
-    With ``run_dir`` the run writes ``metrics.jsonl`` and ``checkpoints/`` there
-    and resumes from the latest checkpoint if one exists. ``stop_after`` ends
-    the loop early after that many iterations of this call (to simulate an
-    interruption in tests).
+    :func:`run_loop` over ``algorithm.step`` (see there: ``metrics.jsonl``, checkpoints, resume from
+    the latest checkpoint in ``run_dir/checkpoints``, ``stop_after``, the non-finite policy). The
+    algorithm decides what one iteration is (MAML, TRPO, ProMP, multi-task, any wrapper); the loop
+    knows none of them.
     """
-    optimizer = make_optimizer(train_config)
-    state = init_train_state(jax.random.PRNGKey(train_config.seed), learner, maml_config, optimizer)
-    step_fn = make_meta_train_step(
-        learner, maml_config, optimizer, sample_tasks, inner_optimizer,
-        skip_nonfinite=train_config.on_nonfinite == "skip",
-    )
-    return run_loop(step_fn, state, train_config, run_dir, progress=progress, stop_after=stop_after)
-
-
-OUTER_CONFIGS = (outer.TRPOConfig, outer.ProMPConfig)
-
-
-def _check_outer(outer_config, train_config: TrainConfig) -> None:
-    _require(isinstance(outer_config, OUTER_CONFIGS), "outer_config", outer_config,
-             "must be an outer.TRPOConfig or an outer.ProMPConfig")
+    _require(isinstance(algorithm, MetaAlgorithm), "algorithm", algorithm,
+             "must be a MetaAlgorithm(init, step) (metarl_jax.algorithms)")
     _require(isinstance(train_config, TrainConfig), "train_config", train_config, "must be a TrainConfig")
+    state = algorithm.init(jax.random.PRNGKey(train_config.seed))
+    return run_loop(algorithm.step, state, train_config, run_dir, progress=progress, stop_after=stop_after,
+                    desc=desc, metadata=metadata)
 
 
-def _outer_optimizer(outer_config, train_config: TrainConfig) -> optax.GradientTransformation | None:
-    """ProMP's optimizer: Adam with ``outer_config.outer_lr``, clipped if ``max_grad_norm``; ``None`` for TRPO."""
-    if not isinstance(outer_config, outer.ProMPConfig):
-        return None
-    adam = outer.promp_optimizer(outer_config)
-    if train_config.max_grad_norm is None:
-        return adam
-    return optax.chain(optax.clip_by_global_norm(train_config.max_grad_norm), adam)
-
-
-def init_outer_state(learner, maml_config: MAMLConfig, outer_config, train_config: TrainConfig) -> MetaTrainState:
-    """The initial :class:`~metarl_jax.algorithms.maml.MetaTrainState` of a TRPO / ProMP run (also a restore target).
-
-    Meta-parameters as :func:`metarl_jax.algorithms.maml.init_train_state` with
-    ``PRNGKey(train_config.seed)``; the optimizer state is empty for TRPO and
-    ProMP's Adam state otherwise.
-    """
-    _check_outer(outer_config, train_config)
-    key = jax.random.PRNGKey(train_config.seed)
-    if isinstance(outer_config, outer.TRPOConfig):
-        return outer.init_trpo_state(key, learner, maml_config)
-    return outer.init_promp_state(key, learner, maml_config, outer_config, _outer_optimizer(outer_config, train_config))
-
-
-def _build_outer_step(learner, maml_config, outer_config, train_config, sample_tasks):
-    if isinstance(outer_config, outer.TRPOConfig):  # never applies a non-finite step: "skip" needs nothing
-        return outer.make_trpo_step(learner, maml_config, outer_config, sample_tasks)
-    return outer.make_promp_step(learner, maml_config, outer_config, sample_tasks,
-                                 _outer_optimizer(outer_config, train_config),
-                                 skip_nonfinite=train_config.on_nonfinite == "skip")
-
-
-_cached_outer_step = functools.lru_cache(maxsize=8)(_build_outer_step)
-
-
-def outer_train_step(learner, maml_config: MAMLConfig, outer_config, train_config: TrainConfig,
-                     sample_tasks: Callable[[jax.Array], Any]) -> Callable:
-    """The TRPO or ProMP meta-iteration ``state -> (state, metrics)`` that :func:`meta_train_outer` runs.
-
-    Equal (hashable) arguments return the same function, so repeated runs (seeds,
-    resumes, tests) with the same ``sample_tasks`` object compile once;
-    ``num_iterations``, ``seed`` and the checkpoint settings do not matter.
-    """
-    _check_outer(outer_config, train_config)
-    key_config = dataclasses.replace(train_config, num_iterations=1, seed=0, iterations_per_call=1,
-                                     checkpoint_every=1, keep_checkpoints=1)
-    try:
-        return _cached_outer_step(learner, maml_config, outer_config, key_config, sample_tasks)
-    except TypeError:  # an unhashable argument: no cache
-        return _build_outer_step(learner, maml_config, outer_config, train_config, sample_tasks)
-
-
-def meta_train_outer(
-    learner,
-    maml_config: MAMLConfig,
-    outer_config,
-    train_config: TrainConfig,
-    sample_tasks: Callable[[jax.Array], Any],
-    run_dir: str | None = None,
-    *,
-    progress: bool = True,
-    stop_after: int | None = None,
-) -> tuple[MetaTrainState, list[dict]]:
-    """Meta-train ``learner`` with TRPO or ProMP as the outer rule; return ``(final state, history)``.
-
-    ``outer_config`` is an :class:`metarl_jax.algorithms.outer.TRPOConfig` (natural-gradient
-    step in a KL trust region per meta-iteration) or an
-    :class:`metarl_jax.algorithms.outer.ProMPConfig` (``num_outer_steps`` Adam steps on the
-    clipped surrogate per meta-iteration). :func:`run_loop` over
-    :func:`outer_train_step` from :func:`init_outer_state`: the same
-    ``metrics.jsonl``, checkpoints, resume, ``stop_after`` and ``on_nonfinite``
-    as :func:`meta_train` (``grad_finite``: every gradient of the iteration is
-    finite; TRPO's line search never accepts a non-finite step). ``sample_tasks(key)``
-    returns ``train_config.meta_batch`` tasks. ``train_config.outer_lr`` is not
-    used (TRPO's step is set by ``max_kl``, ProMP's by ``outer_config.outer_lr``);
-    ``max_grad_norm`` clips ProMP's gradients and has no effect on TRPO (clipping
-    rescales ``g``, and TRPO's step ``sqrt(2 max_kl / x^T F x) x`` with ``F x = g``
-    does not depend on the scale of ``g``).
-    """
-    state = init_outer_state(learner, maml_config, outer_config, train_config)
-    step_fn = outer_train_step(learner, maml_config, outer_config, train_config, sample_tasks)
-    name = type(outer_config).__name__.removesuffix("Config")
-    return run_loop(step_fn, state, train_config, run_dir, progress=progress, stop_after=stop_after,
-                    desc=f"meta-iterations ({name})",
-                    metadata={"outer": name, "outer_config": dataclasses.asdict(outer_config)})
-
-
-def load_meta_params(checkpoint_dir: str, learner, maml_config: MAMLConfig):
+def load_meta_params(checkpoint_dir: str, algorithm: MetaAlgorithm):
     """Meta-parameters from the latest checkpoint in ``checkpoint_dir`` (a run's ``checkpoints/``).
 
-    Works for every run that :func:`run_loop` checkpoints (:func:`meta_train`,
-    :func:`meta_train_outer` with TRPO or ProMP, curriculum runs): only the
-    ``meta_params`` part of the saved :class:`~metarl_jax.algorithms.maml.MetaTrainState` is read,
-    so the outer optimizer's state (Adam, ProMP's, none for TRPO) does not have to be
-    rebuilt. ``learner`` and ``maml_config`` give the structure (a learned inner rate
-    included).
+    Only the ``meta_params`` part of the saved state is read (``algorithm.init``'s gives its
+    structure, a learned inner rate included), so the outer rule's optimizer state (Adam, ProMP's,
+    none for TRPO) and any wrapper's state need not match.
     """
-    target = init_meta_params(jax.random.PRNGKey(0), learner, maml_config)
+    target = algorithm.init(jax.random.PRNGKey(0)).meta_params
     restored = ckpt.restore_latest(checkpoint_dir, target, subtree=".meta_params")
     if restored is None:
         raise FileNotFoundError(f"checkpoint_dir={checkpoint_dir!r} holds no checkpoint")

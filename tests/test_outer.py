@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from metarl_jax import losses
 from metarl_jax.algorithms import maml, outer
 from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
 from metarl_jax.networks import CategoricalPolicy, GaussianPolicy
@@ -235,11 +236,11 @@ def test_closed_form_kls():
         params = policy.init(key, 3)
         other = jax.tree.map(lambda x: x + 0.3, params)
         obs = jnp.linspace(-1.0, 1.0, 15).reshape(5, 3)
-        return (outer.categorical_kl(logits_p, logits_q),
-                outer.gaussian_kl(mp, jnp.log(sp), mq, jnp.log(sq)),
+        return (losses.categorical_kl(logits_p, logits_q),
+                losses.gaussian_kl(mp, jnp.log(sp), mq, jnp.log(sq)),
                 outer.kl_divergence(policy, params, params, obs),
                 outer.kl_divergence(policy, params, other, obs),
-                outer.gaussian_kl(policy.mean(params, obs), params["log_std"], policy.mean(other, obs), other["log_std"]))
+                losses.gaussian_kl(policy.mean(params, obs), params["log_std"], policy.mean(other, obs), other["log_std"]))
 
     cat, gauss, same, moved, moved_want = _compile(program, jax.random.PRNGKey(0))(jax.random.PRNGKey(0))
     np.testing.assert_allclose(cat, np.sum(p * np.log(p / q), -1), rtol=1e-5)

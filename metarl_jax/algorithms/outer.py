@@ -75,6 +75,7 @@ import optax
 from flax import struct
 
 from metarl_jax import losses
+from metarl_jax.losses import categorical_kl, gaussian_kl
 from metarl_jax.learners.pg import _require
 from metarl_jax.algorithms.maml import (MAMLConfig, MetaTrainState, init_train_state, keep_if_finite, map_tasks,
                              sgd_inner_update, tree_all_finite)
@@ -158,24 +159,6 @@ def _check_learner(learner) -> None:
 
 
 # ----------------------------------------------------------------------------- KL divergences
-
-
-def categorical_kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
-    """``KL(p || q) = sum_a p_a (log p_a - log q_a)``: ``[..., A], [..., A] -> [...]``."""
-    log_p = jax.nn.log_softmax(logits_p, axis=-1)
-    log_q = jax.nn.log_softmax(logits_q, axis=-1)
-    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
-
-
-def gaussian_kl(mean_p: jax.Array, log_std_p: jax.Array, mean_q: jax.Array, log_std_q: jax.Array) -> jax.Array:
-    """KL between diagonal Gaussians, summed over the last axis: ``[..., D] -> [...]``.
-
-    ``KL(p || q) = sum_i [ log s_q,i - log s_p,i + (s_p,i^2 + (mu_p,i - mu_q,i)^2) / (2 s_q,i^2) - 1/2 ]``;
-    the log-stds broadcast against the means.
-    """
-    var_ratio = jnp.exp(2.0 * (log_std_p - log_std_q))
-    maha = jnp.square(mean_p - mean_q) * jnp.exp(-2.0 * log_std_q)  # [..., D]
-    return jnp.sum((log_std_q - log_std_p) + 0.5 * (var_ratio + maha) - 0.5, axis=-1)
 
 
 def kl_divergence(policy, params_old, params_new, obs: jax.Array) -> jax.Array:

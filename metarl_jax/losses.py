@@ -20,6 +20,7 @@ Surrogates for the policy gradient (``logp[e, t] = log pi_theta(a_t | s_t)``,
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -68,6 +69,72 @@ def td_errors(q_sa: jax.Array, reward: jax.Array, done: jax.Array, next_q: jax.A
     """
     target = reward + gamma * (1.0 - done.astype(q_sa.dtype)) * jnp.max(next_q, axis=-1)
     return target - q_sa
+
+
+def q_learning_targets(
+    q_t_selector: jax.Array, q_t_value: jax.Array, r_t: jax.Array, done_t: jax.Array, gamma: float
+) -> jax.Array:
+    """(Double) Q-learning bootstrap target ``y_t = r_t + gamma (1 - d_t) q_t_value[argmax_a q_t_selector[a]]``.
+
+    Per transition: ``q_t_selector``, ``q_t_value``: ``[A]``, the next state's action
+    values used to choose and to value the next action (the same array for plain
+    Q-learning, where ``y_t = r_t + gamma (1 - d_t) max_a Q(s_t, a)``; online and
+    target-network values for double Q-learning); ``r_t``, ``done_t``: ``[]`` -> ``[]``.
+    Leading batch axes ``[...]`` (the same on every argument) are carried through,
+    so a batch needs no ``vmap``. The argmax has no gradient; ``y`` is differentiable
+    in ``q_t_value`` (the caller stops it if it wants a fixed target).
+    """
+    chex.assert_equal_shape([q_t_selector, q_t_value])
+    chex.assert_equal_shape([r_t, done_t])
+    chex.assert_shape(q_t_value, (*jnp.shape(r_t), None))
+    a_star = jnp.argmax(q_t_selector, axis=-1)
+    next_v = jnp.take_along_axis(q_t_value, a_star[..., None], axis=-1)[..., 0]
+    return r_t + gamma * (1.0 - done_t.astype(next_v.dtype)) * next_v
+
+
+def td_loss_given_targets(
+    qa_tm1: jax.Array, target_tm1: jax.Array, mask: jax.Array, normalizer: jax.Array
+) -> jax.Array:
+    """``1/(2Z) sum_i m_i (y_i - Q(s_i, a_i))^2``: ``[...], [...], [...], [] -> []``.
+
+    ``qa_tm1``: the values ``Q(s_i, a_i)`` of the actions taken; ``target_tm1``: their
+    targets ``y_i`` (e.g. :func:`q_learning_targets`), used as given: not stopped, the
+    caller decides whether the loss differentiates them; ``mask``: valid entries;
+    ``normalizer``: ``Z`` (the number of valid steps, or of episodes).
+    """
+    chex.assert_equal_shape([qa_tm1, target_tm1, mask])
+    chex.assert_rank(normalizer, 0)
+    return 0.5 * jnp.sum(mask * jnp.square(target_tm1 - qa_tm1)) / normalizer
+
+
+def categorical_kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
+    """``KL(p || q) = sum_a p_a (log p_a - log q_a)`` with ``p = softmax(logits_p)``, ``q = softmax(logits_q)``.
+
+    Per example ``[A], [A] -> []``; leading batch axes ``[...]`` (the same on both) are
+    carried through. Differentiable in both arguments (stop one if it is a fixed reference).
+    """
+    chex.assert_shape(logits_p, (..., None))  # at least one axis: the last is summed over
+    chex.assert_equal_shape([logits_p, logits_q])
+    log_p = jax.nn.log_softmax(logits_p, axis=-1)
+    log_q = jax.nn.log_softmax(logits_q, axis=-1)
+    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def gaussian_kl(mean_p: jax.Array, log_std_p: jax.Array, mean_q: jax.Array, log_std_q: jax.Array) -> jax.Array:
+    """KL between diagonal Gaussians ``p = N(mu_p, diag s_p^2)`` and ``q = N(mu_q, diag s_q^2)``.
+
+    ``KL(p || q) = sum_i [ log s_q,i - log s_p,i + (s_p,i^2 + (mu_p,i - mu_q,i)^2) / (2 s_q,i^2) - 1/2 ]``.
+    Per example ``mean_*``: ``[D]`` -> ``[]``; leading batch axes ``[...]`` (the same on
+    both means) are carried through, and the log-stds broadcast against the means
+    (e.g. a state-independent ``[D]`` log-std against ``[..., D]`` means).
+    """
+    chex.assert_shape(mean_p, (..., None))  # at least one axis: the last is summed over
+    chex.assert_equal_shape([mean_p, mean_q])
+    chex.assert_is_broadcastable(jnp.shape(log_std_p), jnp.shape(mean_p))
+    chex.assert_is_broadcastable(jnp.shape(log_std_q), jnp.shape(mean_p))
+    var_ratio = jnp.exp(2.0 * (log_std_p - log_std_q))
+    maha = jnp.square(mean_p - mean_q) * jnp.exp(-2.0 * log_std_q)  # [..., D]
+    return jnp.sum((log_std_q - log_std_p) + 0.5 * (var_ratio + maha) - 0.5, axis=-1)
 
 
 def linear_feature_baseline(

@@ -31,13 +31,7 @@ import numpy as np
 import optax
 import pytest
 
-from metarl_jax.learners.actor_critic import (
-    ACConfig,
-    ActorCriticLearner,
-    MLPCritic,
-    SharedActorCritic,
-    TabularCritic,
-)
+from metarl_jax.learners.actor_critic import ACConfig, ActorCriticLearner
 from metarl_jax.algorithms.maml import (
     MAMLConfig,
     init_meta_params,
@@ -45,7 +39,14 @@ from metarl_jax.algorithms.maml import (
     make_meta_gradient,
     make_meta_loss,
 )
-from metarl_jax.networks import CategoricalPolicy, GaussianPolicy, TabularPolicy
+from metarl_jax.networks import (
+    CategoricalPolicy,
+    GaussianPolicy,
+    MLPCritic,
+    SharedActorCritic,
+    TabularCritic,
+    TabularPolicy,
+)
 from metarl_jax.tasks.bandit import BanditParams, BernoulliBandit
 from metarl_jax.tasks import make_family
 from metarl_jax.tasks.base import sample_tasks
@@ -506,28 +507,3 @@ def test_bootstrap_at_horizon_adds_the_discounted_value_of_the_last_next_state(b
         adv[:, t] = running
     np.testing.assert_allclose(np.asarray(adv07), adv, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(y07), adv + v, rtol=1e-5, atol=1e-5)
-
-
-def test_shared_gaussian_head_log_prob_and_sampler_match_the_normal_closed_form():
-    """The shared-torso actor-critic with continuous actions: ``log pi(a|s)`` is the diagonal Normal density
-    ``-1/2 sum(((a - mu)/sigma)^2 + 2 log sigma + log 2 pi)`` with the network's own ``mu`` and a non-trivial
-    ``log_std`` set here; ``sample`` is ``mu + sigma * N(0, 1)`` with ``jax.random.normal`` of the same key."""
-    from metarl_jax.learners.actor_critic import SharedActorCritic
-
-    model = SharedActorCritic(num_outputs=2, continuous=True, hidden_sizes=(8,))
-    params = model.init(jax.random.PRNGKey(0), 3)
-    log_std = np.array([0.4, -0.9], np.float32)
-    is_log_std = lambda path: "log_std" in jax.tree_util.keystr(path)
-    assert sum(is_log_std(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]) == 1
-    params = jax.tree_util.tree_map_with_path(  # a non-trivial log_std, and weights moved off their init
-        lambda path, x: jnp.asarray(log_std) if is_log_std(path)
-        else x + 0.5 * jax.random.normal(jax.random.PRNGKey(x.ndim), x.shape), params)
-    obs = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
-    action = jax.random.normal(jax.random.PRNGKey(2), (5, 2)) * 2.0
-    mu = np.asarray(model.network.apply(params, obs)[0], np.float64)
-    sigma = np.exp(log_std.astype(np.float64))
-    expected = -0.5 * np.sum(((np.asarray(action) - mu) / sigma) ** 2 + 2 * np.log(sigma) + np.log(2 * np.pi), -1)
-    np.testing.assert_allclose(np.asarray(model.log_prob(params, obs, action)), expected, rtol=1e-5, atol=1e-5)
-    key = jax.random.PRNGKey(3)
-    sample = np.asarray(model.sample(key, params, obs))
-    np.testing.assert_allclose(sample, mu + sigma * np.asarray(jax.random.normal(key, (5, 2))), rtol=1e-5, atol=1e-5)

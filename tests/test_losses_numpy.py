@@ -9,7 +9,9 @@
 * :func:`metarl_jax.losses.dice_surrogate`: its value is the mean discounted return, its gradient
   and Hessian are the score-function estimators written out in numpy on a tabular policy, and
   their expectations over every trajectory of a tiny bandit are the exact gradient and Hessian
-  of the expected return.
+  of the expected return;
+* the (double) Q-learning targets, the TD loss with given targets and the categorical / diagonal
+  Gaussian KL divergences in numpy, per example and on a batch, and their shape checks.
 """
 
 import itertools
@@ -17,6 +19,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from metarl_jax import losses
 
@@ -250,3 +253,70 @@ def test_td_errors_td_loss_and_lvc_values_match_numpy():
     advantages, logp = rng.normal(size=(E, T)), rng.normal(size=(E, T))
     value = float(losses.lvc_surrogate(jnp.asarray(logp), jnp.asarray(advantages), jnp.asarray(mask)))
     np.testing.assert_allclose(value, (advantages * mask).sum() / E, rtol=1e-5, atol=1e-6)
+
+
+def test_q_learning_targets_td_loss_given_targets_and_kls_match_numpy():
+    """``q_learning_targets``: double Q ``y = r + gamma (1 - d) q_value[argmax q_select]`` on ``[E, T, A]``, plain Q
+    (one array) ``r + gamma (1 - d) max_a q``, and one transition (``[A] -> []``) equal to its batch entry;
+    ``td_loss_given_targets = 1/(2Z) sum m (y - q)^2`` with a given ``Z``; ``categorical_kl`` and ``gaussian_kl``
+    (a ``[D]`` log-std broadcast against ``[E, T, D]`` means) against their sums in numpy, per example too."""
+    rng = np.random.default_rng(11)
+    reward, _, done, mask = _episodes()
+    q_select, q_value = rng.normal(size=(E, T, 4)), rng.normal(size=(E, T, 4))
+    got = np.asarray(losses.q_learning_targets(jnp.asarray(q_select), jnp.asarray(q_value), jnp.asarray(reward),
+                                               jnp.asarray(done, bool), GAMMA))
+    chosen = np.take_along_axis(q_value, q_select.argmax(-1)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(got, reward + GAMMA * (1.0 - done) * chosen, rtol=1e-5, atol=1e-6)
+    plain = np.asarray(losses.q_learning_targets(jnp.asarray(q_value), jnp.asarray(q_value), jnp.asarray(reward),
+                                                 jnp.asarray(done), GAMMA))
+    np.testing.assert_allclose(plain, reward + GAMMA * (1.0 - done) * q_value.max(-1), rtol=1e-5, atol=1e-6)
+    one = losses.q_learning_targets(jnp.asarray(q_select[1, 2]), jnp.asarray(q_value[1, 2]), jnp.asarray(reward[1, 2]),
+                                    jnp.asarray(done[1, 2]), GAMMA)
+    assert one.shape == () and np.isclose(float(one), got[1, 2], rtol=1e-6)
+
+    q_sa, targets = rng.normal(size=(E, T)), rng.normal(size=(E, T))
+    loss = float(losses.td_loss_given_targets(jnp.asarray(q_sa), jnp.asarray(targets), jnp.asarray(mask),
+                                              jnp.asarray(float(E))))
+    np.testing.assert_allclose(loss, 0.5 * np.sum(mask * (targets - q_sa) ** 2) / E, rtol=1e-5)
+
+    logits_p, logits_q = rng.normal(size=(E, T, 4)), rng.normal(size=(E, T, 4))
+    p = np.exp(logits_p) / np.exp(logits_p).sum(-1, keepdims=True)
+    q = np.exp(logits_q) / np.exp(logits_q).sum(-1, keepdims=True)
+    kl = np.asarray(losses.categorical_kl(jnp.asarray(logits_p), jnp.asarray(logits_q)))
+    np.testing.assert_allclose(kl, np.sum(p * np.log(p / q), -1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(float(losses.categorical_kl(jnp.asarray(logits_p[0, 0]), jnp.asarray(logits_q[0, 0]))),
+                               kl[0, 0], rtol=1e-6)
+
+    mp, mq = rng.normal(size=(E, T, 2)), rng.normal(size=(E, T, 2))
+    log_sp, log_sq = np.array([0.3, -0.5]), rng.normal(size=(E, T, 2)) * 0.3
+    sp, sq = np.exp(log_sp), np.exp(log_sq)
+    expected = np.sum(np.log(sq / sp) + (sp**2 + (mp - mq) ** 2) / (2 * sq**2) - 0.5, -1)
+    gauss = np.asarray(losses.gaussian_kl(jnp.asarray(mp), jnp.asarray(log_sp), jnp.asarray(mq), jnp.asarray(log_sq)))
+    assert gauss.shape == (E, T)
+    np.testing.assert_allclose(gauss, expected, rtol=1e-5, atol=1e-6)
+    one = losses.gaussian_kl(jnp.asarray(mp[2, 1]), jnp.asarray(log_sp), jnp.asarray(mq[2, 1]), jnp.asarray(log_sq[2, 1]))
+    assert one.shape == () and np.isclose(float(one), expected[2, 1], rtol=1e-5)
+
+
+def _z(*shape):
+    return jnp.zeros(shape)
+
+
+@pytest.mark.parametrize("call", [
+    pytest.param(lambda: losses.q_learning_targets(_z(3, 4), _z(3, 5), _z(3), _z(3), 0.9), id="q-actions-differ"),
+    pytest.param(lambda: losses.q_learning_targets(_z(3, 4), _z(3, 4), _z(3), _z(2), 0.9), id="reward-done-differ"),
+    pytest.param(lambda: losses.q_learning_targets(_z(3, 4), _z(3, 4), _z(2), _z(2), 0.9), id="q-batch-not-reward"),
+    pytest.param(lambda: losses.q_learning_targets(_z(3), _z(3), _z(3), _z(3), 0.9), id="q-without-action-axis"),
+    pytest.param(lambda: losses.td_loss_given_targets(_z(3, 4), _z(3, 4), _z(3, 5), _z()), id="td-mask"),
+    pytest.param(lambda: losses.td_loss_given_targets(_z(3, 4), _z(4, 3), _z(3, 4), _z()), id="td-targets"),
+    pytest.param(lambda: losses.td_loss_given_targets(_z(3, 4), _z(3, 4), _z(3, 4), _z(3)), id="td-normalizer"),
+    pytest.param(lambda: losses.categorical_kl(_z(3, 4), _z(3, 5)), id="categorical-actions-differ"),
+    pytest.param(lambda: losses.categorical_kl(_z(), _z()), id="categorical-no-action-axis"),
+    pytest.param(lambda: losses.gaussian_kl(_z(3, 2), _z(2), _z(4, 2), _z(2)), id="gaussian-means-differ"),
+    pytest.param(lambda: losses.gaussian_kl(_z(3, 2), _z(3), _z(3, 2), _z(2)), id="gaussian-log-std-p"),
+    pytest.param(lambda: losses.gaussian_kl(_z(3, 2), _z(2), _z(3, 2), _z(5, 2)), id="gaussian-log-std-q"),
+])
+def test_moved_losses_assert_their_shapes(call):
+    """Mismatched shapes raise (chex) instead of broadcasting into a wrong answer or failing deep inside."""
+    with pytest.raises(AssertionError):
+        call()

@@ -38,14 +38,8 @@ import optax
 import pytest
 
 from metarl_jax.algorithms import inner, maml
-from metarl_jax.learners.q_learning import (
-    MLPQNetwork,
-    QConfig,
-    QLearner,
-    QPolicy,
-    TabularQNetwork,
-    tie_target_network,
-)
+from metarl_jax.learners.q_learning import QConfig, QLearner, tie_target_network
+from metarl_jax.networks import MLPQNetwork, QPolicy, TabularQNetwork
 from metarl_jax.rollout import Trajectory
 from metarl_jax.tasks import make_family
 from metarl_jax.tasks.base import sample_tasks
@@ -409,19 +403,13 @@ def test_config_validation_names_the_field(kwargs, match):
         QConfig(**kwargs)
 
 
-def test_q_network_validation():
-    with pytest.raises(ValueError, match="obs_dim=5"):
-        TabularQNetwork(3, 2).init(jax.random.PRNGKey(0), 5)
-    with pytest.raises(ValueError, match="activation='gelu'"):
-        MLPQNetwork(2, (8,), "gelu")
-
-
 def test_q_policies_on_batched_states_match_numpy_and_config_bounds_are_inclusive():
     """On a ``[2, 5, S]`` batch of one-hot states (leading axes kept), from a Q-table ``q`` written here:
     Boltzmann ``log softmax(q[s] / tau)``, epsilon-greedy ``log((1 - eps) 1[a = argmax] + eps / A)``, uniform
     ``-log A``, and the entropy ``-sum p log p`` per state. ``epsilon`` may be 0 (greedy) or 1 (uniform):
     the bounds are inclusive; outside them the field is named."""
-    from metarl_jax.learners.q_learning import QConfig, QPolicy, TabularQNetwork
+    from metarl_jax.learners.q_learning import QConfig
+    from metarl_jax.networks import QPolicy, TabularQNetwork
 
     num_states, num_actions = 4, 3
     q_table = np.array([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0], [0.0, 0.0, 3.0], [-1.0, 1.0, 0.2]], np.float32)

@@ -149,51 +149,6 @@ class ProMPConfig:
         _require(_is_number(self.outer_lr) and self.outer_lr > 0, "outer_lr", self.outer_lr, "must be a number > 0")
 
 
-# ----------------------------------------------------------------------------- KL divergences
-
-
-def categorical_kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
-    """``KL(p || q) = sum_a p_a (log p_a - log q_a)``: ``[..., A], [..., A] -> [...]``."""
-    log_p = jax.nn.log_softmax(logits_p, axis=-1)
-    log_q = jax.nn.log_softmax(logits_q, axis=-1)
-    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
-
-
-def gaussian_kl(mean_p: jax.Array, log_std_p: jax.Array, mean_q: jax.Array, log_std_q: jax.Array) -> jax.Array:
-    """KL between diagonal Gaussians, summed over the last axis: ``[..., D] -> [...]``.
-
-    ``KL(p || q) = sum_i [ log s_q,i - log s_p,i + (s_p,i^2 + (mu_p,i - mu_q,i)^2) / (2 s_q,i^2) - 1/2 ]``;
-    the log-stds broadcast against the means.
-    """
-    var_ratio = jnp.exp(2.0 * (log_std_p - log_std_q))
-    maha = jnp.square(mean_p - mean_q) * jnp.exp(-2.0 * log_std_q)  # [..., D]
-    return jnp.sum((log_std_q - log_std_p) + 0.5 * (var_ratio + maha) - 0.5, axis=-1)
-
-
-def kl_divergence(policy, params_old, params_new, obs: jax.Array) -> jax.Array:
-    """``KL(pi_old(.|s) || pi_new(.|s))`` per observation, closed form: ``[..., obs_dim] -> [...]``.
-
-    ``params_old`` is held constant (``stop_gradient``). Dispatch: a policy's own
-    ``kl_divergence(params_old, params_new, obs)`` method if it has one; policies
-    with ``logits(params, obs)`` (categorical, tabular) use :func:`categorical_kl`;
-    policies with ``mean(params, obs)`` and ``params["log_std"]`` (Gaussian) use
-    :func:`gaussian_kl`.
-    """
-    params_old = jax.lax.stop_gradient(params_old)
-    if hasattr(policy, "kl_divergence"):
-        return policy.kl_divergence(params_old, params_new, obs)
-    if hasattr(policy, "logits"):
-        return categorical_kl(policy.logits(params_old, obs), policy.logits(params_new, obs))
-    if hasattr(policy, "mean") and isinstance(params_new, dict) and "log_std" in params_new:
-        return gaussian_kl(policy.mean(params_old, obs), params_old["log_std"],
-                           policy.mean(params_new, obs), params_new["log_std"])
-    raise TypeError(
-        f"kl_divergence has no closed form for policy {type(policy).__name__}: give it a "
-        "kl_divergence(params_old, params_new, obs) method, logits(params, obs), or mean(params, obs) "
-        "with params['log_std']"
-    )
-
-
 # ----------------------------------------------------------------------------- conjugate gradient
 
 
@@ -337,7 +292,7 @@ def _per_task_terms(learner, config: MAMLConfig, meta_params, batch: MetaBatch, 
         else:
             objective = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
             clipped = (jnp.abs(ratio - 1.0) > clip_eps).astype(adv.dtype)
-        kl = kl_divergence(learner.acting_policy(), old_phi, phi, outer.obs)
+        kl = learner.kl_divergence(old_phi, phi, outer.obs)
         return (losses.masked_mean(objective, outer.mask), losses.masked_mean(kl, outer.mask),
                 losses.masked_mean(clipped, outer.mask))
 
@@ -465,7 +420,7 @@ def pre_adaptation_kl(learner, meta_params, batch: MetaBatch) -> jax.Array:
     zero gradient, at ``theta = theta_old``.
     """
     first = jax.tree.map(lambda x: x[:, 0], batch.inner_data)
-    kl = kl_divergence(learner.acting_policy(), batch.old_meta_params["policy"], meta_params["policy"], first.obs)
+    kl = learner.kl_divergence(batch.old_meta_params["policy"], meta_params["policy"], first.obs)
     chex.assert_equal_shape([kl, first.mask])
     return jnp.mean(jax.vmap(losses.masked_mean)(kl, first.mask))
 

@@ -85,10 +85,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Sequence
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,15 +95,7 @@ from flax import struct
 from metarl_jax import losses
 from metarl_jax.learners.base import LearnerDefaults, OuterBatch
 from metarl_jax.learners.pg import NORMALIZATIONS, _require, _require_unroll
-from metarl_jax.networks import (
-    ACTIVATIONS,
-    LOG_2PI,
-    MLP,
-    CategoricalPolicy,
-    GaussianPolicy,
-    _categorical_entropy,
-    _categorical_log_prob,
-)
+from metarl_jax.networks import MLPCritic, SeparateActorCritic, SharedActorCritic
 from metarl_jax.rollout import Trajectory, rollout
 
 ARCHITECTURES = ("separate", "shared")
@@ -199,177 +189,6 @@ class ACConfig:
         return 1.0 if self.critic_lr_scale is None else float(self.critic_lr_scale)
 
 
-# ----------------------------------------------------------------------------- critics
-
-
-@dataclasses.dataclass(frozen=True)
-class MLPCritic:
-    """``V(s) = MLP(s)``: ``init(key, obs_dim) -> params``, ``value(params, obs [..., D]) -> [...]``."""
-
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-
-    def __post_init__(self):
-        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
-        if any(h < 1 for h in self.hidden_sizes):
-            raise ValueError(f"hidden_sizes={self.hidden_sizes!r} is invalid: every size must be >= 1")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation={self.activation!r} is invalid: allowed values are {sorted(ACTIVATIONS)}")
-
-    @property
-    def network(self) -> MLP:
-        return MLP(self.hidden_sizes, 1, self.activation)
-
-    def init(self, key: jax.Array, obs_dim: int):
-        return self.network.init(key, jnp.zeros((1, obs_dim), jnp.float32))
-
-    def value(self, params, obs: jax.Array) -> jax.Array:
-        return self.network.apply(params, obs)[..., 0]
-
-
-@dataclasses.dataclass(frozen=True)
-class TabularCritic:
-    """``V(s) = s . v`` for one-hot ``s`` (a bandit: one scalar). Params ``{"values": [S]}``, zero init."""
-
-    num_states: int
-
-    def __post_init__(self):
-        if not _is_int(self.num_states) or self.num_states < 1:
-            raise ValueError(f"num_states={self.num_states!r} is invalid: must be an integer >= 1")
-
-    def init(self, key: jax.Array, obs_dim: int):
-        del key
-        if obs_dim != self.num_states:
-            raise ValueError(f"obs_dim={obs_dim!r} does not match num_states={self.num_states!r}: "
-                             "a tabular critic needs one-hot observations of length num_states")
-        return {"values": jnp.zeros((self.num_states,), jnp.float32)}
-
-    def value(self, params, obs: jax.Array) -> jax.Array:
-        return obs @ params["values"]
-
-
-# ----------------------------------------------------------------------------- models
-# A model is a policy-like object over the *whole* parameter pytree (so rollouts can
-# use it as the policy) plus ``value`` and ``scale_critic_grads``.
-
-
-@dataclasses.dataclass(frozen=True)
-class SeparateActorCritic:
-    """Actor and critic with their own parameters: ``{"actor": ..., "critic": ...}``."""
-
-    actor: object
-    critic: object
-
-    def init(self, key: jax.Array, obs_dim: int):
-        key_actor, key_critic = jax.random.split(key)
-        return {"actor": self.actor.init(key_actor, obs_dim), "critic": self.critic.init(key_critic, obs_dim)}
-
-    def log_prob(self, params, obs: jax.Array, action: jax.Array) -> jax.Array:
-        return self.actor.log_prob(params["actor"], obs, action)
-
-    def sample(self, key: jax.Array, params, obs: jax.Array) -> jax.Array:
-        return self.actor.sample(key, params["actor"], obs)
-
-    def entropy(self, params, obs: jax.Array) -> jax.Array:
-        return self.actor.entropy(params["actor"], obs)
-
-    def value(self, params, obs: jax.Array) -> jax.Array:
-        return self.critic.value(params["critic"], obs)
-
-    def scale_critic_grads(self, grads, scale: float):
-        return {**grads, "critic": jax.tree.map(lambda g: g * scale, grads["critic"])}
-
-
-class SharedTorsoNetwork(nn.Module):
-    """``h = torso(s)``; policy head ``W_pi h + b`` (logits, or Gaussian mean), value head ``w_v . h + b``.
-
-    Returns ``(policy_out [..., num_outputs], value [...], log_std [num_outputs] or None)``;
-    ``log_std`` is a state-independent parameter for continuous actions.
-    """
-
-    hidden_sizes: Sequence[int]
-    num_outputs: int
-    activation: str = "tanh"
-    continuous: bool = False
-    init_log_std: float = 0.0
-
-    @nn.compact
-    def __call__(self, obs: jax.Array):
-        act = ACTIVATIONS[self.activation]
-        h = obs
-        for i, size in enumerate(self.hidden_sizes):
-            h = act(nn.Dense(size, name=f"torso_{i}")(h))
-        head_init = nn.initializers.lecun_normal() if self.continuous else nn.initializers.zeros
-        out = nn.Dense(self.num_outputs, kernel_init=head_init, name="policy_head")(h)
-        value = nn.Dense(1, name="value_head")(h)[..., 0]
-        log_std = None
-        if self.continuous:
-            log_std = self.param("log_std", nn.initializers.constant(self.init_log_std), (self.num_outputs,))
-        return out, value, log_std
-
-
-@dataclasses.dataclass(frozen=True)
-class SharedActorCritic:
-    """One network with a shared torso, as a policy (``log_prob/sample/entropy``) with a ``value``.
-
-    Discrete: softmax over the logits head. Continuous: diagonal Gaussian with
-    the mean head and a learned state-independent ``log_std``. Params: flax
-    variables ``{"params": {"torso_i", "policy_head", "value_head"[, "log_std"]}}``.
-    """
-
-    num_outputs: int
-    continuous: bool
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    init_log_std: float = 0.0
-
-    @classmethod
-    def from_policy(cls, policy) -> "SharedActorCritic":
-        """Same action space, torso sizes and activation as a Categorical / Gaussian policy."""
-        if isinstance(policy, CategoricalPolicy):
-            return cls(int(policy.num_actions), False, tuple(policy.hidden_sizes), policy.activation)
-        if isinstance(policy, GaussianPolicy):
-            return cls(int(policy.action_dim), True, tuple(policy.hidden_sizes), policy.activation,
-                       float(policy.init_log_std))
-        raise ValueError(f"policy={policy!r} is invalid for architecture='shared': "
-                         "use a CategoricalPolicy or GaussianPolicy (its hidden sizes become the torso)")
-
-    @property
-    def network(self) -> SharedTorsoNetwork:
-        return SharedTorsoNetwork(self.hidden_sizes, self.num_outputs, self.activation, self.continuous,
-                                  self.init_log_std)
-
-    def init(self, key: jax.Array, obs_dim: int):
-        return self.network.init(key, jnp.zeros((1, obs_dim), jnp.float32))
-
-    def log_prob(self, params, obs: jax.Array, action: jax.Array) -> jax.Array:
-        out, _, log_std = self.network.apply(params, obs)
-        if not self.continuous:
-            return _categorical_log_prob(out, action)
-        z = (action - out) * jnp.exp(-log_std)
-        return -0.5 * jnp.sum(jnp.square(z) + 2.0 * log_std + LOG_2PI, axis=-1)
-
-    def sample(self, key: jax.Array, params, obs: jax.Array) -> jax.Array:
-        out, _, log_std = self.network.apply(params, obs)
-        if not self.continuous:
-            return jax.random.categorical(key, out, axis=-1).astype(jnp.int32)
-        return out + jnp.exp(log_std) * jax.random.normal(key, out.shape, out.dtype)
-
-    def entropy(self, params, obs: jax.Array) -> jax.Array:
-        out, _, log_std = self.network.apply(params, obs)
-        if not self.continuous:
-            return _categorical_entropy(out)
-        return jnp.broadcast_to(jnp.sum(0.5 * (1.0 + LOG_2PI) + log_std), obs.shape[:-1])
-
-    def value(self, params, obs: jax.Array) -> jax.Array:
-        return self.network.apply(params, obs)[1]
-
-    def scale_critic_grads(self, grads, scale: float):
-        inner = dict(grads["params"])
-        inner["value_head"] = jax.tree.map(lambda g: g * scale, inner["value_head"])
-        return {**grads, "params": inner}
-
-
 # ----------------------------------------------------------------------------- learner
 
 
@@ -385,7 +204,7 @@ class ActorCriticLearner(LearnerDefaults):
       config: :class:`ACConfig`.
       critic_hidden_sizes, critic_activation: the MLP critic of ``"separate"``.
       critic: any object with ``init(key, obs_dim)`` and ``value(params, obs)``
-        (e.g. :class:`TabularCritic`); overrides the MLP critic (``"separate"`` only).
+        (e.g. :class:`metarl_jax.networks.TabularCritic`); overrides the MLP critic (``"separate"`` only).
     """
 
     env: object

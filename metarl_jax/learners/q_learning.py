@@ -54,7 +54,7 @@ at every inner step: the pre-adaptation parameters are the target network.
 meta-gradient of the tied function, ``d_online + d_target``, is applied to both);
 without the wrapper, ``"target"`` is a separately meta-learned network.
 
-Behaviour policies (``QConfig.behaviour``) built from ``Q_phi`` by :class:`QPolicy`:
+Behaviour policies (``QConfig.behaviour``) built from ``Q_phi`` by :class:`metarl_jax.networks.QPolicy`:
 ``"boltzmann"`` ``pi(a|s) = softmax(Q_phi(s) / temperature)``; ``"epsilon_greedy"``
 ``(1 - epsilon) 1[a = argmax Q_phi(s)] + epsilon / A``; ``"uniform"`` ``1 / A``.
 The data density enters the meta-gradient through
@@ -110,10 +110,11 @@ from flax import struct
 from metarl_jax import losses
 from metarl_jax.learners.base import PLAIN_LOSS_ESTIMATORS, LearnerDefaults, OuterBatch
 from metarl_jax.learners.pg import _require, _require_unroll
-from metarl_jax.networks import ACTIVATIONS, MLP
+from metarl_jax.losses import q_learning_targets, td_loss_given_targets
+from metarl_jax.networks import Q_POLICY_KINDS, MLPQNetwork, QPolicy, TabularQNetwork
 from metarl_jax.rollout import Trajectory, rollout
 
-BEHAVIOURS = ("epsilon_greedy", "boltzmann", "uniform")
+BEHAVIOURS = Q_POLICY_KINDS
 TARGETS = ("semi_gradient", "stop_gradient", "frozen")
 OUTERS = ("td", "return")
 NORMALIZATIONS = ("step", "episode")
@@ -187,147 +188,7 @@ def _is_number(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-# --------------------------------------------------------------------------- Q-networks
-
-
-@dataclasses.dataclass(frozen=True)
-class MLPQNetwork:
-    """``Q(s) = MLP(s)``: ``[..., obs_dim] -> [..., A]``. Params: flax params.
-
-    The matmuls run at JAX's default precision (TF32 on recent NVIDIA GPUs);
-    the Q-table below uses ``HIGHEST`` (it is a lookup and must be exact).
-    """
-
-    num_actions: int
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = "relu"
-
-    def __post_init__(self):
-        _require(int(self.num_actions) >= 1, "num_actions", self.num_actions, "must be an integer >= 1")
-        _require(all(int(h) >= 1 for h in self.hidden_sizes), "hidden_sizes", tuple(self.hidden_sizes),
-                 "every size must be >= 1")
-        _require(self.activation in ACTIVATIONS, "activation", self.activation,
-                 f"allowed values are {sorted(ACTIVATIONS)}")
-
-    @property
-    def network(self) -> MLP:
-        return MLP(tuple(self.hidden_sizes), self.num_actions, self.activation)
-
-    def init(self, key: jax.Array, obs_dim: int):
-        return self.network.init(key, jnp.zeros((1, obs_dim), jnp.float32))
-
-    def q_values(self, params, obs: jax.Array) -> jax.Array:
-        return self.network.apply(params, obs)
-
-
-@dataclasses.dataclass(frozen=True)
-class TabularQNetwork:
-    """A Q-table: ``Q(s) = s @ q`` for one-hot ``s`` (``= q[state]``). Params: ``{"q": [S, A]}``.
-
-    Initialised to ``init_std * N(0, 1)`` entries (zeros by default).
-    """
-
-    num_states: int
-    num_actions: int
-    init_std: float = 0.0
-
-    def __post_init__(self):
-        _require(int(self.num_states) >= 1, "num_states", self.num_states, "must be an integer >= 1")
-        _require(int(self.num_actions) >= 1, "num_actions", self.num_actions, "must be an integer >= 1")
-        _require(_is_number(self.init_std) and self.init_std >= 0.0, "init_std", self.init_std, "must be >= 0")
-
-    def init(self, key: jax.Array, obs_dim: int):
-        _require(obs_dim == self.num_states, "obs_dim", obs_dim,
-                 f"a Q-table needs one-hot observations of length num_states={self.num_states}")
-        shape = (self.num_states, self.num_actions)
-        return {"q": self.init_std * jax.random.normal(key, shape, jnp.float32)}
-
-    def q_values(self, params, obs: jax.Array) -> jax.Array:
-        return jnp.matmul(obs, params["q"], precision=jax.lax.Precision.HIGHEST)
-
-
-# --------------------------------------------------------------------------- behaviour policy
-
-
-@dataclasses.dataclass(frozen=True)
-class QPolicy:
-    """A policy from a Q-network (the policy interface of :mod:`metarl_jax.networks`).
-
-    ``params`` are the Q-network's parameters. ``kind``: ``"boltzmann"``
-    (``softmax(Q / temperature)``), ``"epsilon_greedy"`` or ``"uniform"``.
-    """
-
-    q_network: object
-    kind: str = "boltzmann"
-    epsilon: float = 0.1
-    temperature: float = 1.0
-
-    def __post_init__(self):
-        _require(self.kind in BEHAVIOURS, "kind", self.kind, f"allowed values are {BEHAVIOURS}")
-
-    def log_probs_all(self, params, obs: jax.Array) -> jax.Array:
-        """``log pi(. | s)``: ``[..., obs_dim] -> [..., A]``.
-
-        Differentiable for ``"boltzmann"``; for ``"epsilon_greedy"`` (piecewise
-        constant in ``params``) and ``"uniform"`` the gradient is zero.
-        """
-        q = self.q_network.q_values(params, obs)
-        num_actions = q.shape[-1]
-        if self.kind == "boltzmann":
-            return jax.nn.log_softmax(q / self.temperature, axis=-1)
-        if self.kind == "uniform":
-            return jnp.full(q.shape, -jnp.log(num_actions), q.dtype)
-        greedy = jax.nn.one_hot(jnp.argmax(q, axis=-1), num_actions, dtype=q.dtype)
-        return jax.lax.stop_gradient(jnp.log((1.0 - self.epsilon) * greedy + self.epsilon / num_actions))
-
-    def log_prob(self, params, obs: jax.Array, action: jax.Array) -> jax.Array:
-        """``log pi(a | s)``: ``[..., obs_dim], [...] -> [...]``."""
-        logp = self.log_probs_all(params, obs)
-        return jnp.take_along_axis(logp, action[..., None].astype(jnp.int32), axis=-1)[..., 0]
-
-    def sample(self, key: jax.Array, params, obs: jax.Array) -> jax.Array:
-        q = self.q_network.q_values(params, obs)
-        num_actions = q.shape[-1]
-        key_explore, key_action = jax.random.split(key)
-        if self.kind == "boltzmann":
-            return jax.random.categorical(key_action, q / self.temperature, axis=-1).astype(jnp.int32)
-        uniform = jax.random.randint(key_action, q.shape[:-1], 0, num_actions, jnp.int32)
-        if self.kind == "uniform":
-            return uniform
-        explore = jax.random.uniform(key_explore, q.shape[:-1]) < self.epsilon
-        return jnp.where(explore, uniform, jnp.argmax(q, axis=-1).astype(jnp.int32))
-
-    def probs(self, params, obs: jax.Array) -> jax.Array:
-        return jnp.exp(self.log_probs_all(params, obs))
-
-    def entropy(self, params, obs: jax.Array) -> jax.Array:
-        logp = self.log_probs_all(params, obs)
-        return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-
-
-# --------------------------------------------------------------------------- pure pieces
-
-
-def q_learning_targets(
-    next_q_select: jax.Array, next_q_value: jax.Array, reward: jax.Array, done: jax.Array, gamma: float
-) -> jax.Array:
-    """``y = r + gamma (1 - d) next_q_value[argmax_a next_q_select[a]]``: ``[...]``.
-
-    ``next_q_select``, ``next_q_value``: ``[..., A]`` (the same array for plain
-    Q-learning, where this is ``max_a Q(s', a)``; online and target network
-    values for double Q-learning); ``reward``, ``done``: ``[...]``.
-    """
-    chex.assert_equal_shape([next_q_select, next_q_value])
-    chex.assert_equal_shape([reward, done])
-    a_star = jnp.argmax(next_q_select, axis=-1)
-    next_v = jnp.take_along_axis(next_q_value, a_star[..., None], axis=-1)[..., 0]
-    return reward + gamma * (1.0 - done.astype(next_v.dtype)) * next_v
-
-
-def td_loss_given_targets(q_sa: jax.Array, targets: jax.Array, mask: jax.Array, normalizer: jax.Array) -> jax.Array:
-    """``1/(2Z) sum m (y - Q(s, a))^2`` with ``y`` as given (not stopped: the caller decides)."""
-    chex.assert_equal_shape([q_sa, targets, mask])
-    return 0.5 * jnp.sum(mask * jnp.square(targets - q_sa)) / normalizer
+# --------------------------------------------------------------------------- target network
 
 
 def tie_target_network(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -378,8 +239,8 @@ class QLearner(LearnerDefaults):
 
     Args:
       env: a task family with a ``Discrete`` action space.
-      q_network: :class:`MLPQNetwork` or :class:`TabularQNetwork` (anything with
-        ``init(key, obs_dim)`` and ``q_values(params, obs) -> [..., A]``).
+      q_network: :class:`metarl_jax.networks.MLPQNetwork` or :class:`metarl_jax.networks.TabularQNetwork`
+        (anything with ``init(key, obs_dim)`` and ``q_values(params, obs) -> [..., A]``).
       config: :class:`QConfig`.
 
     Parameters: ``{"online": q_params}`` plus ``{"target": q_params}`` when

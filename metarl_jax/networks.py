@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from metarl_jax.validation import check_choice, check_int, check_int_sequence, check_real
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     "tanh": jnp.tanh,
@@ -61,15 +63,12 @@ class MLP(nn.Module):
 
 
 def _check_activation(activation: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"activation={activation!r} is invalid: allowed values are {sorted(ACTIVATIONS)}"
-        )
+    check_choice("activation", activation, sorted(ACTIVATIONS))
 
 
 def _check_hidden(hidden_sizes: Sequence[int]) -> None:
-    if any(int(h) < 1 for h in hidden_sizes):
-        raise ValueError(f"hidden_sizes={tuple(hidden_sizes)!r} is invalid: every size must be >= 1")
+    """Layer sizes: integers >= 1 (none at all is a linear model)."""
+    check_int_sequence("hidden_sizes", hidden_sizes, min_length=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +85,10 @@ class GaussianPolicy:
     init_log_std: float = 0.0
 
     def __post_init__(self):
-        if int(self.action_dim) < 1:
-            raise ValueError(f"action_dim={self.action_dim!r} is invalid: must be >= 1")
+        check_int("action_dim", self.action_dim, minimum=1)
         _check_hidden(self.hidden_sizes)
         _check_activation(self.activation)
+        check_real("init_log_std", self.init_log_std)
 
     @property
     def network(self) -> MLP:
@@ -168,8 +167,7 @@ class CategoricalPolicy(_CategoricalMixin):
     activation: str = "tanh"
 
     def __post_init__(self):
-        if int(self.num_actions) < 2:
-            raise ValueError(f"num_actions={self.num_actions!r} is invalid: must be >= 2")
+        check_int("num_actions", self.num_actions, minimum=2)
         _check_hidden(self.hidden_sizes)
         _check_activation(self.activation)
 
@@ -198,10 +196,8 @@ class TabularPolicy(_CategoricalMixin):
     num_actions: int
 
     def __post_init__(self):
-        if int(self.num_states) < 1:
-            raise ValueError(f"num_states={self.num_states!r} is invalid: must be >= 1")
-        if int(self.num_actions) < 2:
-            raise ValueError(f"num_actions={self.num_actions!r} is invalid: must be >= 2")
+        check_int("num_states", self.num_states, minimum=1)
+        check_int("num_actions", self.num_actions, minimum=2)
 
     def init(self, key: jax.Array, obs_dim: int):
         del key

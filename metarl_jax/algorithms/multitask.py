@@ -36,10 +36,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metarl_jax.learners.pg import _require
 from metarl_jax.algorithms.maml import MAMLConfig, MetaTrainState, init_meta_params, keep_if_finite, map_tasks, tree_all_finite
 from metarl_jax.tasks.base import num_tasks_in
 from metarl_jax.training.loop import TrainConfig, make_optimizer, run_loop
+from metarl_jax.validation import require
 
 
 def multitask_loss(learner, params, tasks, key: jax.Array, task_chunk: int | None = None):
@@ -157,9 +157,9 @@ def multitask_pretrain(
     ``history`` holds one ``{"iteration", "return", "loss", "grad_norm", "grad_finite", "seconds"}``
     per iteration (with ``run_dir``, those recorded there by earlier calls too).
     """
-    _require(isinstance(config, MAMLConfig), "config", config, "must be a maml.MAMLConfig")
-    _require(isinstance(train_config, TrainConfig), "train_config", train_config, "must be a train.TrainConfig")
-    _require(callable(sample_tasks), "sample_tasks", sample_tasks, "must be a callable key -> batch of tasks")
+    require(isinstance(config, MAMLConfig), "config", config, "must be a maml.MAMLConfig")
+    require(isinstance(train_config, TrainConfig), "train_config", train_config, "must be a train.TrainConfig")
+    require(callable(sample_tasks), "sample_tasks", sample_tasks, "must be a callable key -> batch of tasks")
     optimizer = make_optimizer(train_config)
     state = init_multitask_state(jax.random.PRNGKey(train_config.seed), learner, config, optimizer)
     step = multitask_train_step(learner, config, train_config, sample_tasks)

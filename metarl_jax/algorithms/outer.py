@@ -75,20 +75,12 @@ import optax
 from flax import struct
 
 from metarl_jax import losses
-from metarl_jax.learners.pg import _require
 from metarl_jax.algorithms.maml import (MAMLConfig, MetaTrainState, init_train_state, keep_if_finite, map_tasks,
                              sgd_inner_update, tree_all_finite)
 from metarl_jax.tasks.base import num_tasks_in
+from metarl_jax.validation import check_int, check_real
 
 # ----------------------------------------------------------------------------- configs
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,14 +103,11 @@ class TRPOConfig:
     ls_backtrack_ratio: float = 0.8
 
     def __post_init__(self):
-        _require(_is_number(self.max_kl) and self.max_kl > 0, "max_kl", self.max_kl, "must be a number > 0")
-        _require(_is_int(self.cg_iters) and self.cg_iters >= 1, "cg_iters", self.cg_iters, "must be an integer >= 1")
-        _require(_is_number(self.cg_damping) and self.cg_damping >= 0, "cg_damping", self.cg_damping,
-                 "must be a number >= 0")
-        _require(_is_int(self.ls_max_steps) and self.ls_max_steps >= 1, "ls_max_steps", self.ls_max_steps,
-                 "must be an integer >= 1")
-        _require(_is_number(self.ls_backtrack_ratio) and 0 < self.ls_backtrack_ratio < 1, "ls_backtrack_ratio",
-                 self.ls_backtrack_ratio, "must be a number in (0, 1)")
+        check_real("max_kl", self.max_kl, minimum=0, min_open=True)
+        check_int("cg_iters", self.cg_iters, minimum=1)
+        check_real("cg_damping", self.cg_damping, minimum=0)
+        check_int("ls_max_steps", self.ls_max_steps, minimum=1)
+        check_real("ls_backtrack_ratio", self.ls_backtrack_ratio, minimum=0, maximum=1, min_open=True, max_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,12 +127,10 @@ class ProMPConfig:
     outer_lr: float = 1e-3
 
     def __post_init__(self):
-        _require(_is_number(self.clip_eps) and 0 < self.clip_eps < 1, "clip_eps", self.clip_eps,
-                 "must be a number in (0, 1)")
-        _require(_is_number(self.kl_coef) and self.kl_coef >= 0, "kl_coef", self.kl_coef, "must be a number >= 0")
-        _require(_is_int(self.num_outer_steps) and self.num_outer_steps >= 1, "num_outer_steps",
-                 self.num_outer_steps, "must be an integer >= 1")
-        _require(_is_number(self.outer_lr) and self.outer_lr > 0, "outer_lr", self.outer_lr, "must be a number > 0")
+        check_real("clip_eps", self.clip_eps, minimum=0, maximum=1, min_open=True, max_open=True)
+        check_real("kl_coef", self.kl_coef, minimum=0)
+        check_int("num_outer_steps", self.num_outer_steps, minimum=1)
+        check_real("outer_lr", self.outer_lr, minimum=0, min_open=True)
 
 
 def _check_learner(learner) -> None:

@@ -53,6 +53,7 @@ from metarl_jax.algorithms.task_sampler import (
     update_scores,
 )
 from metarl_jax.tasks.base import num_tasks_in
+from metarl_jax.validation import check_int, check_real, require
 
 #: ``fold_in`` stream of the training seed that draws the task pool.
 POOL_STREAM = 0x7A5C
@@ -164,9 +165,7 @@ def make_selection_train_step(
     records their scores. Extra metrics: ``task_indices [B]`` and ``task_scores [B]``.
     A batch whose scores are not all finite leaves the sampler unchanged.
     """
-    meta_batch = int(meta_batch)
-    if meta_batch < 1:
-        raise ValueError(f"meta_batch={meta_batch!r} is invalid: must be an integer >= 1")
+    meta_batch = check_int("meta_batch", meta_batch, minimum=1)
 
     def step(state: SelectionTrainState):
         chex.assert_shape(state.pool_optimum, (selection_config.pool_size,))
@@ -262,7 +261,7 @@ def meta_train_with_selection(
 
 def tail_mean(values, fraction: float = 0.1) -> float:
     """Mean of the lowest ``ceil(fraction * N)`` of ``values [N]`` (the lower-tail CVaR; worst decile at 0.1)."""
+    check_real("fraction", fraction, minimum=0.0, maximum=1.0, min_open=True)
     values = np.sort(np.asarray(values, np.float64).ravel())
-    if values.size == 0 or not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction={fraction!r} is invalid: must be in (0, 1] with at least one value")
+    require(values.size > 0, "values", values, "must hold at least one value")
     return float(values[: max(1, int(np.ceil(fraction * values.size)))].mean())

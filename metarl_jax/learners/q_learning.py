@@ -98,7 +98,6 @@ same inner step (``"dice"`` adds the score term in :mod:`metarl_jax.algorithms.m
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Sequence
 
 import chex
@@ -108,9 +107,18 @@ import optax
 from flax import struct
 
 from metarl_jax import losses
-from metarl_jax.learners.pg import PLAIN_LOSS_ESTIMATORS, _require, _require_unroll
+from metarl_jax.learners.pg import PLAIN_LOSS_ESTIMATORS
 from metarl_jax.networks import ACTIVATIONS, MLP
 from metarl_jax.rollout import Trajectory, rollout
+from metarl_jax.validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_int_sequence,
+    check_probability,
+    check_real,
+    require,
+)
 
 BEHAVIOURS = ("epsilon_greedy", "boltzmann", "uniform")
 TARGETS = ("semi_gradient", "stop_gradient", "frozen")
@@ -159,31 +167,21 @@ class QConfig:
     rollout_unroll: int = 1
 
     def __post_init__(self):
-        _require_unroll(self.rollout_unroll)
-        for name in ("num_inner_episodes", "num_outer_episodes", "horizon"):
-            value = getattr(self, name)
-            _require(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1,
-                     name, value, "must be an integer >= 1")
-        _require(_is_number(self.gamma) and 0.0 <= self.gamma <= 1.0, "gamma", self.gamma, "must be in [0, 1]")
-        _require(self.behaviour in BEHAVIOURS, "behaviour", self.behaviour, f"allowed values are {BEHAVIOURS}")
-        _require(_is_number(self.epsilon) and 0.0 <= self.epsilon <= 1.0, "epsilon", self.epsilon,
-                 "must be in [0, 1]")
-        _require(_is_number(self.temperature) and self.temperature > 0.0, "temperature", self.temperature,
-                 "must be > 0")
-        _require(isinstance(self.double_q, bool), "double_q", self.double_q, "must be True or False")
-        _require(self.target in TARGETS, "target", self.target, f"allowed values are {TARGETS}")
-        _require(self.outer in OUTERS, "outer", self.outer, f"allowed values are {OUTERS}")
-        _require(self.normalize in NORMALIZATIONS, "normalize", self.normalize,
-                 f"allowed values are {NORMALIZATIONS}")
+        for name in ("num_inner_episodes", "num_outer_episodes", "horizon", "rollout_unroll"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_probability("gamma", self.gamma)
+        check_choice("behaviour", self.behaviour, BEHAVIOURS)
+        check_probability("epsilon", self.epsilon)
+        check_real("temperature", self.temperature, minimum=0.0, min_open=True)
+        check_bool("double_q", self.double_q)
+        check_choice("target", self.target, TARGETS)
+        check_choice("outer", self.outer, OUTERS)
+        check_choice("normalize", self.normalize, NORMALIZATIONS)
 
     @property
     def uses_target_network(self) -> bool:
         """Whether the parameters carry a ``"target"`` leaf (``target="frozen"`` or ``double_q``)."""
         return self.target == "frozen" or self.double_q
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 # --------------------------------------------------------------------------- Q-networks
@@ -202,11 +200,9 @@ class MLPQNetwork:
     activation: str = "relu"
 
     def __post_init__(self):
-        _require(int(self.num_actions) >= 1, "num_actions", self.num_actions, "must be an integer >= 1")
-        _require(all(int(h) >= 1 for h in self.hidden_sizes), "hidden_sizes", tuple(self.hidden_sizes),
-                 "every size must be >= 1")
-        _require(self.activation in ACTIVATIONS, "activation", self.activation,
-                 f"allowed values are {sorted(ACTIVATIONS)}")
+        check_int("num_actions", self.num_actions, minimum=1)
+        check_int_sequence("hidden_sizes", self.hidden_sizes, min_length=0)
+        check_choice("activation", self.activation, sorted(ACTIVATIONS))
 
     @property
     def network(self) -> MLP:
@@ -231,13 +227,13 @@ class TabularQNetwork:
     init_std: float = 0.0
 
     def __post_init__(self):
-        _require(int(self.num_states) >= 1, "num_states", self.num_states, "must be an integer >= 1")
-        _require(int(self.num_actions) >= 1, "num_actions", self.num_actions, "must be an integer >= 1")
-        _require(_is_number(self.init_std) and self.init_std >= 0.0, "init_std", self.init_std, "must be >= 0")
+        check_int("num_states", self.num_states, minimum=1)
+        check_int("num_actions", self.num_actions, minimum=1)
+        check_real("init_std", self.init_std, minimum=0.0)
 
     def init(self, key: jax.Array, obs_dim: int):
-        _require(obs_dim == self.num_states, "obs_dim", obs_dim,
-                 f"a Q-table needs one-hot observations of length num_states={self.num_states}")
+        require(obs_dim == self.num_states, "obs_dim", obs_dim,
+                f"a Q-table needs one-hot observations of length num_states={self.num_states}")
         shape = (self.num_states, self.num_actions)
         return {"q": self.init_std * jax.random.normal(key, shape, jnp.float32)}
 
@@ -262,7 +258,7 @@ class QPolicy:
     temperature: float = 1.0
 
     def __post_init__(self):
-        _require(self.kind in BEHAVIOURS, "kind", self.kind, f"allowed values are {BEHAVIOURS}")
+        check_choice("kind", self.kind, BEHAVIOURS)
 
     def log_probs_all(self, params, obs: jax.Array) -> jax.Array:
         """``log pi(. | s)``: ``[..., obs_dim] -> [..., A]``.

@@ -134,9 +134,12 @@ TESTS: dict[str, list[str]] = {
     "metarl_jax/training/checkpoint.py": [
         "tests/test_checkpoint.py",
     ],
+    "metarl_jax/validation.py": [
+        "tests/test_validation.py",
+    ],
 }
 
-# The core modules `make mutation` runs (outer.py is in the table for one-off runs).
+# The core modules `make mutation` runs (outer.py and validation.py are in the table for one-off runs).
 CORE = [
     "metarl_jax/losses.py",
     "metarl_jax/rollout.py",

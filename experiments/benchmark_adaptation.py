@@ -60,6 +60,7 @@ from metarl_jax.algorithms.maml import init_meta_params, maml
 from metarl_jax.algorithms.multitask import multitask
 from metarl_jax.tasks import sample_tasks
 from metarl_jax.training.loop import load_meta_params, make_optimizer, run
+from metarl_jax.validation import check_int, check_int_sequence, check_optional_int, check_real, require
 
 #: Experiment config giving the defaults of each (task, learner) pair; others use MAMLExperimentConfig.
 PAIR_CONFIGS: dict[tuple[str, str], type[MAMLExperimentConfig]] = {
@@ -112,23 +113,18 @@ class AdaptationBenchmarkConfig:
     optimum_steps: int = 40
 
     def __post_init__(self):
-        def require(cond, field, value, allowed):
-            if not cond:
-                raise ValueError(f"{field}={value!r} is invalid: {allowed}")
-
         require(len(self.pairs) >= 1, "pairs", self.pairs, "name at least one task:learner pair")
         for pair in self.pairs:
-            require(pair.count(":") == 1, "pairs", pair, "each pair is written task:learner, e.g. navigation:pg")
-        require(self.iterations is None or int(self.iterations) >= 1, "iterations", self.iterations,
-                "must be None or an integer >= 1")
-        require(int(self.eval_tasks) >= 100, "eval_tasks", self.eval_tasks, "must be an integer >= 100")
-        require(int(self.steps) >= 5, "steps", self.steps, "must be an integer >= 5")
-        require(all(int(n) >= 1 for n in self.adapt_sizes), "adapt_sizes", self.adapt_sizes,
-                "every size must be an integer >= 1")
-        require(int(self.timing_repeats) >= 1, "timing_repeats", self.timing_repeats, "must be an integer >= 1")
-        require(self.max_adapt_memory_gb > 0, "max_adapt_memory_gb", self.max_adapt_memory_gb, "must be > 0")
-        require(isinstance(self.optimum_steps, int) and self.optimum_steps >= 0, "optimum_steps", self.optimum_steps,
-                "must be an integer >= 0")
+            require(isinstance(pair, str) and pair.count(":") == 1, "pairs", pair,
+                    "each pair is written task:learner, e.g. navigation:pg")
+        check_optional_int("iterations", self.iterations, minimum=1)
+        check_int("eval_tasks", self.eval_tasks, minimum=100)
+        check_int("steps", self.steps, minimum=5)
+        check_int("seed", self.seed, minimum=0)
+        check_int_sequence("adapt_sizes", self.adapt_sizes, min_length=0)  # empty: no timing
+        check_int("timing_repeats", self.timing_repeats, minimum=1)
+        check_real("max_adapt_memory_gb", self.max_adapt_memory_gb, minimum=0.0, min_open=True)
+        check_int("optimum_steps", self.optimum_steps, minimum=0)
 
 
 # ----------------------------------------------------------------------------- machine

@@ -50,6 +50,7 @@ from metarl_jax.learners.pg import ESTIMATORS
 from metarl_jax.algorithms.maml import make_meta_gradient, maml
 from metarl_jax.tasks import sample_tasks
 from metarl_jax.training.loop import load_meta_params, make_multi_step, make_optimizer
+from metarl_jax.validation import check_choice, check_int, check_int_sequence, check_optional_int, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,20 +87,19 @@ class EstimatorBenchmarkConfig:
     hidden_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self):
-        def require(cond, field, value, allowed):
-            if not cond:
-                raise ValueError(f"{field}={value!r} is invalid: {allowed}")
-
-        require(len(self.estimators) >= 1 and all(e in ESTIMATORS for e in self.estimators), "estimators",
-                self.estimators, f"allowed values are {ESTIMATORS}")
-        require(int(self.seeds) >= 1, "seeds", self.seeds, "must be an integer >= 1")
-        require(int(self.iterations) >= 1, "iterations", self.iterations, "must be an integer >= 1")
-        require(int(self.iterations_per_call) >= 1, "iterations_per_call", self.iterations_per_call,
-                "must be an integer >= 1")
-        require(int(self.grad_keys) >= 2, "grad_keys", self.grad_keys, "must be an integer >= 2")
-        require(int(self.grad_key_chunk) >= 1, "grad_key_chunk", self.grad_key_chunk, "must be an integer >= 1")
-        require(int(self.eval_tasks) >= 2, "eval_tasks", self.eval_tasks, "must be an integer >= 2")
-        require(self.reference in ESTIMATORS, "reference", self.reference, f"allowed values are {ESTIMATORS}")
+        require(isinstance(self.estimators, (tuple, list)) and len(self.estimators) >= 1
+                and all(e in ESTIMATORS for e in self.estimators), "estimators",
+                self.estimators, f"must be a non-empty sequence of {ESTIMATORS}")
+        for name in ("seeds", "iterations", "iterations_per_call", "grad_key_chunk"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("grad_keys", self.grad_keys, minimum=2)
+        check_int("eval_tasks", self.eval_tasks, minimum=2)
+        check_int("seed", self.seed, minimum=0)
+        check_choice("reference", self.reference, ESTIMATORS)
+        for name in ("meta_batch", "episodes", "horizon"):
+            check_optional_int(name, getattr(self, name), minimum=1)
+        if self.hidden_sizes is not None:
+            check_int_sequence("hidden_sizes", self.hidden_sizes)
 
     def experiment(self, estimator: str) -> NavigationConfig:
         """The navigation experiment config of one estimator."""

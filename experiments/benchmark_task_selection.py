@@ -36,11 +36,12 @@ import numpy as np
 from metarl_jax import evaluation
 from metarl_jax.algorithms.maml import maml
 from metarl_jax.algorithms.task_selection import tail_mean, with_task_selection
-from metarl_jax.experiment import LEARNERS, MAMLExperimentConfig, new_run_dir, write_json
+from metarl_jax.experiment import LEARNERS, MAMLExperimentConfig, new_run_dir, parse_cli, write_json
 from metarl_jax.algorithms.task_sampler import TaskSelectionConfig
 from metarl_jax.tasks import sample_tasks
 from metarl_jax.training.loop import make_optimizer
 from metarl_jax.training.loop import run as training_run
+from metarl_jax.validation import check_int, check_int_sequence
 from metarl_jax.tasks.hard_tasks import RareBestArmBandit
 
 @dataclasses.dataclass(frozen=True)
@@ -77,12 +78,9 @@ class TaskSelectionBenchmark:
     name: str = "benchmark_task_selection"
 
     def __post_init__(self):
-        if not self.seeds:
-            raise ValueError("seeds=() is invalid: give at least one seed")
-        if int(self.eval_tasks) < 10:
-            raise ValueError(f"eval_tasks={self.eval_tasks!r} is invalid: must be an integer >= 10")
-        if int(self.eval_episodes) < 1:
-            raise ValueError(f"eval_episodes={self.eval_episodes!r} is invalid: must be an integer >= 1")
+        check_int_sequence("seeds", self.seeds, minimum=0)
+        check_int("eval_tasks", self.eval_tasks, minimum=10)
+        check_int("eval_episodes", self.eval_episodes, minimum=1)
         self.family()
         self.experiment_config()
         self.variants()
@@ -223,13 +221,7 @@ def _plot(result: dict, rare_drawn: dict, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import tyro
-
-    try:
-        bench = tyro.cli(TaskSelectionBenchmark, args=argv, description=__doc__)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    bench = parse_cli(TaskSelectionBenchmark, argv, description=__doc__)
     result = run(bench)
     brief = {name: {k: [round(v["mean"], 3), round(v["sd"], 3), round(v["median"], 3), round(v["min"], 3)]
                     for k, v in summary.items()} for name, summary in result["summary"].items()}

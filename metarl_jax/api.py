@@ -22,7 +22,6 @@ PRNG key); use the functions directly when you need to ``vmap`` or differentiate
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Any
 
@@ -47,6 +46,7 @@ from metarl_jax.tasks import (
 )
 from metarl_jax.tasks.base import TaskFamily
 from metarl_jax.training.loop import NonFiniteGradientError, make_optimizer, run_loop
+from metarl_jax.validation import check_int, check_real
 
 _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(MAMLExperimentConfig))
 #: Config fields the object sets itself (from its own arguments) or that make no sense here.
@@ -54,12 +54,6 @@ _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(MAMLExperimentConfig))
 _NAMES_BY_CLASS = ((BernoulliBandit, "bandit"), (TabularMDP, "tabular_mdp"), (Navigation2D, "navigation"),
                    (GridMaze, "maze"))
 _RESERVED = ("task", "outer_lr", "num_iterations", "out_dir", "run_dir", "name")
-
-
-def _positive_int(field: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{field}={value!r} is invalid: must be an integer >= {minimum}")
-    return int(value)
 
 
 class MetaRL:
@@ -83,9 +77,7 @@ class MetaRL:
 
     def __init__(self, family_or_name: TaskFamily | str | None = None, state_size: int | None = None,
                  action_size: int | None = None, learning_rate: float = 3e-3, learner: str = "pg", **options):
-        if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not (
-                learning_rate > 0 and math.isfinite(learning_rate)):
-            raise ValueError(f"learning_rate={learning_rate!r} is invalid: must be a finite number > 0")
+        check_real("learning_rate", learning_rate, minimum=0.0, min_open=True)
         for name in options:
             if name in _RESERVED:
                 raise ValueError(f"{name}={options[name]!r} is invalid here: MetaRL sets it "
@@ -101,16 +93,14 @@ class MetaRL:
                 raise ValueError(f"{field}={config_options[field]!r} is invalid here: it is an argument of the "
                                  f"{owner!r} family built by name, not of {family_or_name!r}")
             family_options[argument] = config_options[field]
-        if "hidden_sizes" in config_options:
-            config_options["hidden_sizes"] = tuple(config_options["hidden_sizes"])
 
         task_name = "tabular_mdp"
         if family_or_name is None:
             if state_size is None or action_size is None:
                 raise ValueError("family_or_name=None is invalid without state_size and action_size: "
                                  f"give a task family, a family name ({', '.join(FAMILY_NAMES)}) or both sizes")
-            family = self._make(TabularMDP, family_options, num_states=_positive_int("state_size", state_size, 1),
-                                num_actions=_positive_int("action_size", action_size, 2))
+            family = self._make(TabularMDP, family_options, num_states=check_int("state_size", state_size, minimum=1),
+                                num_actions=check_int("action_size", action_size, minimum=2))
         elif isinstance(family_or_name, str):
             if family_or_name not in FAMILY_NAMES:
                 raise ValueError(f"family_or_name={family_or_name!r} is invalid: names are {list(FAMILY_NAMES)}")
@@ -161,11 +151,11 @@ class MetaRL:
 
     def _check_sizes(self, state_size, action_size) -> None:
         obs_dim = self.family.obs_dim()
-        if state_size is not None and _positive_int("state_size", state_size, 1) != obs_dim:
+        if state_size is not None and check_int("state_size", state_size, minimum=1) != obs_dim:
             raise ValueError(f"state_size={state_size!r} is invalid: the family's observations have length {obs_dim}")
         space = self.family.action_space(self.family.default_params)
         n = int(space.n) if hasattr(space, "n") else int(space.shape[0])
-        if action_size is not None and _positive_int("action_size", action_size, 1) != n:
+        if action_size is not None and check_int("action_size", action_size, minimum=1) != n:
             raise ValueError(f"action_size={action_size!r} is invalid: the family has {n} actions")
 
     def _next_key(self) -> jax.Array:
@@ -210,7 +200,7 @@ class MetaRL:
         :class:`~metarl_jax.training.loop.NonFiniteGradientError`; the object keeps the iterations of the
         scan calls that finished before it (the error's ``last_good_state`` and ``history``).
         """
-        num_iterations = _positive_int("num_iterations", num_iterations, 1)
+        num_iterations = check_int("num_iterations", num_iterations, minimum=1)
         config = dataclasses.replace(self.train_config, num_iterations=self.iterations + num_iterations)
         self._adapted = None
         try:
@@ -241,7 +231,7 @@ class MetaRL:
         :attr:`last_selection` then reports the chosen ``k``, step-size multiple, every candidate's
         validation return and the episodes spent adapting and validating.
         """
-        steps = self.maml_config.inner_steps if steps is None else _positive_int("steps", steps, 1)
+        steps = self.maml_config.inner_steps if steps is None else check_int("steps", steps, minimum=1)
         task = self.sample_task() if task is None else task
         check_single_task(self.family, task)
         if not isinstance(select, (bool, SelectionConfig)):

@@ -55,6 +55,7 @@ from metarl_jax.algorithms.inner import apply_inner_rule, inner_gradient, inner_
 from metarl_jax.algorithms.maml import MAMLConfig
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks.base import num_tasks_in
+from metarl_jax.validation import check_bool, check_int, check_real
 
 
 @struct.dataclass
@@ -165,10 +166,10 @@ def deploy(
     Returns:
       A :class:`DeployResult`.
     """
-    if isinstance(num_rounds, bool) or not isinstance(num_rounds, (int, np.integer)) or num_rounds < 1:
-        raise ValueError(f"num_rounds={num_rounds!r} is invalid: must be an integer >= 1")
-    if isinstance(inner_lr, (int, float)) and not (inner_lr >= 0 and np.isfinite(inner_lr)):
-        raise ValueError(f"inner_lr={inner_lr!r} is invalid: must be a finite number >= 0 or None")
+    check_int("num_rounds", num_rounds, minimum=1)
+    if inner_lr is not None and not isinstance(inner_lr, (jax.Array, np.ndarray)):  # arrays (traced too) unchecked
+        check_real("inner_lr", inner_lr, minimum=0.0)
+    check_bool("keep_best", keep_best)
     env = learner.env
     check_single_task(env, task)
     theta = meta_params["policy"]

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarl_jax import evaluation, plotting
-from metarl_jax.learners.pg import ESTIMATORS, PLAIN_LOSS_ESTIMATORS, PGConfig, PolicyGradientLearner, _require
+from metarl_jax.learners.pg import ESTIMATORS, PLAIN_LOSS_ESTIMATORS, PGConfig, PolicyGradientLearner
 from metarl_jax.algorithms.base import MetaAlgorithm
 from metarl_jax.algorithms.maml import MAMLConfig, auto_task_chunk, init_meta_params, maml
 from metarl_jax.algorithms.multitask import multitask
@@ -33,6 +33,7 @@ from metarl_jax.rollout import rollout
 from metarl_jax.tasks import FAMILY_NAMES, make_family, sample_tasks
 from metarl_jax.training.loop import TrainConfig, make_optimizer
 from metarl_jax.training.loop import run as training_run
+from metarl_jax.validation import check_bool, check_choice, check_int, check_int_sequence, check_optional_int, check_optional_real, check_real, is_int, require
 
 
 #: Inner step sizes by ``(task, learner)`` under the config's surrogate defaults (``normalize="step"``,
@@ -132,24 +133,28 @@ class MAMLExperimentConfig:
     """promp: optimizer steps on each sampled meta-batch"""
 
     def __post_init__(self):
-        _require(self.algorithm in ALGORITHMS, "algorithm", self.algorithm, f"allowed values are {tuple(ALGORITHMS)}")
-        _require(self.algorithm not in ("trpo", "promp") or self.learner != "q", "algorithm", self.algorithm,
-                 "TRPO and ProMP need a policy-gradient outer objective; with learner='q' use 'maml' or 'multitask'")
-        _require(self.task in FAMILY_NAMES, "task", self.task, f"allowed values are {FAMILY_NAMES}")
-        _require(self.learner in LEARNERS, "learner", self.learner, f"allowed values are {tuple(LEARNERS)}")
-        _require(self.estimator in ESTIMATORS, "estimator", self.estimator, f"allowed values are {ESTIMATORS}")
-        _require(int(self.eval_tasks) >= 2, "eval_tasks", self.eval_tasks, "must be an integer >= 2")
-        _require(self.eval_steps is None or (isinstance(self.eval_steps, int) and not isinstance(self.eval_steps, bool)
-                                             and self.eval_steps >= 1),
-                 "eval_steps", self.eval_steps, "must be None (the trained inner_steps) or an integer >= 1")
-        _require(self.learner != "q" or self.estimator in PLAIN_LOSS_ESTIMATORS, "estimator", self.estimator,
-                 f"the Q-learning inner step supports {PLAIN_LOSS_ESTIMATORS} (it has no LVC form)")
-        _require(int(self.num_episodes) >= 1, "num_episodes", self.num_episodes, "must be an integer >= 1")
-        _require(int(self.num_arms) >= 2, "num_arms", self.num_arms, "must be an integer >= 2")
-        _require(int(self.maze_size) >= 2, "maze_size", self.maze_size, "must be an integer >= 2")
-        _require(self.task_chunk is None or self.task_chunk == "auto"
-                 or (isinstance(self.task_chunk, int) and not isinstance(self.task_chunk, bool) and self.task_chunk >= 1),
-                 "task_chunk", self.task_chunk, "allowed values are 'auto', None or an integer >= 1")
+        check_choice("algorithm", self.algorithm, tuple(ALGORITHMS))
+        require(self.algorithm not in ("trpo", "promp") or self.learner != "q", "algorithm", self.algorithm,
+                "TRPO and ProMP need a policy-gradient outer objective; with learner='q' use 'maml' or 'multitask'")
+        check_choice("task", self.task, FAMILY_NAMES)
+        check_choice("learner", self.learner, tuple(LEARNERS))
+        check_choice("estimator", self.estimator, ESTIMATORS)
+        require(self.learner != "q" or self.estimator in PLAIN_LOSS_ESTIMATORS, "estimator", self.estimator,
+                f"the Q-learning inner step supports {PLAIN_LOSS_ESTIMATORS} (it has no LVC form)")
+        check_int("eval_tasks", self.eval_tasks, minimum=2)
+        check_optional_int("eval_steps", self.eval_steps, minimum=1)
+        check_int("num_episodes", self.num_episodes, minimum=1)
+        check_int("num_arms", self.num_arms, minimum=2)
+        check_int("maze_size", self.maze_size, minimum=2)
+        require(self.task_chunk is None or self.task_chunk == "auto" or (is_int(self.task_chunk) and self.task_chunk >= 1),
+                "task_chunk", self.task_chunk, "allowed values are 'auto', None or an integer >= 1")
+        # A tuple (a list from JSON or Python is accepted), so the config stays hashable.
+        object.__setattr__(self, "hidden_sizes", check_int_sequence("hidden_sizes", self.hidden_sizes))
+        check_bool("tabular_policy", self.tabular_policy)
+        check_real("init_log_std", self.init_log_std)
+        check_optional_real("inner_lr", self.inner_lr, minimum=0.0, min_open=True)
+        for name in ("gae_lambda", "value_coef", "entropy_coef", "epsilon", "temperature"):
+            check_real(name, getattr(self, name))  # finite; the ranges are checked by the learner's own config
         # Building the sub-configs validates every remaining field with its own message.
         self.pg_config()
         if self.learner == "ac":
@@ -158,10 +163,8 @@ class MAMLExperimentConfig:
             self.q_config()
         self.maml_config()
         self.train_config()
-        if self.algorithm == "trpo":
-            self.trpo_config()
-        if self.algorithm == "promp":
-            self.promp_config()
+        self.trpo_config()  # the options of every algorithm are checked, whichever runs
+        self.promp_config()
 
     def pg_config(self) -> PGConfig:
         return PGConfig(num_inner_episodes=self.num_episodes, num_outer_episodes=self.num_episodes,
@@ -442,17 +445,32 @@ def run(config: MAMLExperimentConfig, progress: bool = True) -> dict:
     return result
 
 
+def parse_cli(config_cls, argv=None, description: str | None = None):
+    """A config dataclass from the command line (tyro), validated.
+
+    A rejected value prints one line, ``error: <field>=<value> is invalid: <allowed>``, on stderr and
+    exits with status 2, without a traceback. tyro parses into a subclass whose ``__post_init__`` does
+    nothing (tyro would report the config's ``ValueError`` in a multi-line box); the config itself is
+    built here from the parsed fields, so it is validated exactly as in Python.
+    """
+    import tyro
+
+    unchecked = type(config_cls.__name__, (config_cls,), {
+        "__post_init__": lambda self: None, "__doc__": config_cls.__doc__,
+        "__module__": config_cls.__module__, "__qualname__": config_cls.__qualname__})
+    parsed = tyro.cli(unchecked, args=argv, description=description)
+    values = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(config_cls) if f.init}
+    try:
+        return config_cls(**values)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def cli_main(config_cls, argv=None, description: str | None = None) -> dict | None:
-    """Parse a config dataclass from the command line (tyro) and run it.
+    """Parse a config dataclass from the command line (:func:`parse_cli`) and run it.
 
     A rejected value prints ``error: <field>=<value> is invalid: <allowed>`` and exits with status 2,
     without a traceback.
     """
-    import tyro
-
-    try:
-        config = tyro.cli(config_cls, args=argv, description=description)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return run(config)
+    return run(parse_cli(config_cls, argv, description))

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from metarl_jax.validation import check_choice, check_int, check_int_sequence, check_real, require
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -71,28 +72,12 @@ class MLP(nn.Module):
 
 
 def _check_activation(activation: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"activation={activation!r} is invalid: allowed values are {sorted(ACTIVATIONS)}"
-        )
+    check_choice("activation", activation, sorted(ACTIVATIONS))
 
 
 def _check_hidden(hidden_sizes: Sequence[int]) -> None:
-    if any(int(h) < 1 for h in hidden_sizes):
-        raise ValueError(f"hidden_sizes={tuple(hidden_sizes)!r} is invalid: every size must be >= 1")
-
-
-def _require(cond: bool, field: str, value, allowed: str) -> None:
-    if not cond:
-        raise ValueError(f"{field}={value!r} is invalid: {allowed}")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    """Layer sizes: integers >= 1 (none at all is a linear model)."""
+    check_int_sequence("hidden_sizes", hidden_sizes, min_length=0)
 
 
 # ----------------------------------------------------------------------------- distributions
@@ -146,10 +131,10 @@ class GaussianPolicy:
     init_log_std: float = 0.0
 
     def __post_init__(self):
-        if int(self.action_dim) < 1:
-            raise ValueError(f"action_dim={self.action_dim!r} is invalid: must be >= 1")
+        check_int("action_dim", self.action_dim, minimum=1)
         _check_hidden(self.hidden_sizes)
         _check_activation(self.activation)
+        check_real("init_log_std", self.init_log_std)
 
     @property
     def network(self) -> MLP:
@@ -236,8 +221,7 @@ class CategoricalPolicy(_CategoricalMixin):
     activation: str = "tanh"
 
     def __post_init__(self):
-        if int(self.num_actions) < 2:
-            raise ValueError(f"num_actions={self.num_actions!r} is invalid: must be >= 2")
+        check_int("num_actions", self.num_actions, minimum=2)
         _check_hidden(self.hidden_sizes)
         _check_activation(self.activation)
 
@@ -266,10 +250,8 @@ class TabularPolicy(_CategoricalMixin):
     num_actions: int
 
     def __post_init__(self):
-        if int(self.num_states) < 1:
-            raise ValueError(f"num_states={self.num_states!r} is invalid: must be >= 1")
-        if int(self.num_actions) < 2:
-            raise ValueError(f"num_actions={self.num_actions!r} is invalid: must be >= 2")
+        check_int("num_states", self.num_states, minimum=1)
+        check_int("num_actions", self.num_actions, minimum=2)
 
     def init(self, key: jax.Array, obs_dim: int):
         del key
@@ -296,11 +278,8 @@ class MLPCritic:
     activation: str = "tanh"
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
-        if any(h < 1 for h in self.hidden_sizes):
-            raise ValueError(f"hidden_sizes={self.hidden_sizes!r} is invalid: every size must be >= 1")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation={self.activation!r} is invalid: allowed values are {sorted(ACTIVATIONS)}")
+        object.__setattr__(self, "hidden_sizes", check_int_sequence("hidden_sizes", self.hidden_sizes, min_length=0))
+        check_choice("activation", self.activation, sorted(ACTIVATIONS))
 
     @property
     def network(self) -> MLP:
@@ -320,8 +299,7 @@ class TabularCritic:
     num_states: int
 
     def __post_init__(self):
-        if not _is_int(self.num_states) or self.num_states < 1:
-            raise ValueError(f"num_states={self.num_states!r} is invalid: must be an integer >= 1")
+        check_int("num_states", self.num_states, minimum=1)
 
     def init(self, key: jax.Array, obs_dim: int):
         del key
@@ -493,11 +471,9 @@ class MLPQNetwork:
     activation: str = "relu"
 
     def __post_init__(self):
-        _require(int(self.num_actions) >= 1, "num_actions", self.num_actions, "must be an integer >= 1")
-        _require(all(int(h) >= 1 for h in self.hidden_sizes), "hidden_sizes", tuple(self.hidden_sizes),
-                 "every size must be >= 1")
-        _require(self.activation in ACTIVATIONS, "activation", self.activation,
-                 f"allowed values are {sorted(ACTIVATIONS)}")
+        check_int("num_actions", self.num_actions, minimum=1)
+        check_int_sequence("hidden_sizes", self.hidden_sizes, min_length=0)
+        check_choice("activation", self.activation, sorted(ACTIVATIONS))
 
     @property
     def network(self) -> MLP:
@@ -522,12 +498,12 @@ class TabularQNetwork:
     init_std: float = 0.0
 
     def __post_init__(self):
-        _require(int(self.num_states) >= 1, "num_states", self.num_states, "must be an integer >= 1")
-        _require(int(self.num_actions) >= 1, "num_actions", self.num_actions, "must be an integer >= 1")
-        _require(_is_number(self.init_std) and self.init_std >= 0.0, "init_std", self.init_std, "must be >= 0")
+        check_int("num_states", self.num_states, minimum=1)
+        check_int("num_actions", self.num_actions, minimum=1)
+        check_real("init_std", self.init_std, minimum=0.0)
 
     def init(self, key: jax.Array, obs_dim: int):
-        _require(obs_dim == self.num_states, "obs_dim", obs_dim,
+        require(obs_dim == self.num_states, "obs_dim", obs_dim,
                  f"a Q-table needs one-hot observations of length num_states={self.num_states}")
         shape = (self.num_states, self.num_actions)
         return {"q": self.init_std * jax.random.normal(key, shape, jnp.float32)}
@@ -556,7 +532,7 @@ class QPolicy:
     temperature: float = 1.0
 
     def __post_init__(self):
-        _require(self.kind in Q_POLICY_KINDS, "kind", self.kind, f"allowed values are {Q_POLICY_KINDS}")
+        check_choice("kind", self.kind, Q_POLICY_KINDS)
 
     def log_probs_all(self, params, obs: jax.Array) -> jax.Array:
         """``log pi(. | s)``: ``[..., obs_dim] -> [..., A]``.

@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metarl_jax.learners.pg import _require
 from metarl_jax.algorithms.inner import adapt
 from metarl_jax.algorithms.maml import MAMLConfig
+from metarl_jax.validation import check_optional_int, check_real_sequence, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,14 +46,10 @@ class SelectionConfig:
     num_steps: int | None = None
 
     def __post_init__(self):
-        scales = self.lr_scales
-        _require(isinstance(scales, tuple) and len(scales) > 0
-                 and all(isinstance(s, (int, float)) and not isinstance(s, bool) and np.isfinite(s) and s > 0
-                         for s in scales),
-                 "lr_scales", scales, "must be a non-empty tuple of finite numbers > 0")
-        _require(self.num_steps is None or (isinstance(self.num_steps, int) and not isinstance(self.num_steps, bool)
-                                            and self.num_steps >= 1),
-                 "num_steps", self.num_steps, "must be None (the trained inner_steps) or an integer >= 1")
+        # A tuple, so the config stays hashable (it is a static argument and a cache key).
+        require(isinstance(self.lr_scales, tuple), "lr_scales", self.lr_scales, "must be a tuple")
+        check_real_sequence("lr_scales", self.lr_scales, minimum=0.0, min_open=True)
+        check_optional_int("num_steps", self.num_steps, minimum=1)
 
 
 class SelectionResult(NamedTuple):

@@ -38,7 +38,6 @@ Maths (Chan, Golub and LeVeque 1979). For parts ``a`` and ``b`` with counts
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import chex
@@ -48,6 +47,7 @@ from flax import struct
 from gymnax.environments import spaces
 
 from metarl_jax.tasks.base import TaskFamily
+from metarl_jax.validation import check_int, check_optional_real, check_real, require
 
 # --------------------------------------------------------------------------- running statistics
 
@@ -234,8 +234,7 @@ def clip_by_zscore(stats: RunningMeanStd, x: jax.Array, max_z: float) -> jax.Arr
 
     Before any data is seen (count 0) this clips to ``[-max_z, max_z]``.
     """
-    if not max_z > 0:
-        raise ValueError(f"max_z={max_z!r} is invalid: must be > 0")
+    check_real("max_z", max_z, minimum=0.0, min_open=True)
     half_width = max_z * stats.std
     return jnp.clip(x, stats.mean - half_width, stats.mean + half_width)
 
@@ -248,10 +247,9 @@ def polynomial_features(x: jax.Array, degree: int) -> jax.Array:
 
     ``x [..., n] -> [..., n * degree]``; no cross terms. ``degree=1`` is the identity.
     """
-    if int(degree) != degree or degree < 1:
-        raise ValueError(f"degree={degree!r} is invalid: must be an integer >= 1")
+    degree = check_int("degree", degree, minimum=1)
     chex.assert_rank(x, {*range(1, 8)})
-    return jnp.concatenate([x**p for p in range(1, int(degree) + 1)], axis=-1)
+    return jnp.concatenate([x**p for p in range(1, degree + 1)], axis=-1)
 
 
 def concat_time_feature(obs: jax.Array, time: jax.Array, horizon: int) -> jax.Array:
@@ -259,22 +257,13 @@ def concat_time_feature(obs: jax.Array, time: jax.Array, horizon: int) -> jax.Ar
 
     ``obs [..., n]`` and ``time [...]`` (broadcastable) ``-> [..., n + 1]``.
     """
-    if int(horizon) < 1:
-        raise ValueError(f"horizon={horizon!r} is invalid: must be an integer >= 1")
+    check_int("horizon", horizon, minimum=1)
     t = (jnp.asarray(time, obs.dtype) / horizon)[..., None]
     t = jnp.broadcast_to(t, obs.shape[:-1] + (1,))
     return jnp.concatenate([obs, t], axis=-1)
 
 
 # --------------------------------------------------------------------------- wrapper
-
-
-def _check_real(name: str, value: Any, allow_none: bool) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        allowed = "None or a real number" if allow_none else "a finite real number"
-        raise ValueError(f"{name}={value!r} is invalid: must be {allowed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,21 +288,14 @@ class PreprocessConfig:
     obs_polynomial_degree: int = 1
 
     def __post_init__(self):
-        _check_real("replacement", self.replacement, allow_none=False)
-        if math.isinf(self.replacement):
-            raise ValueError(f"replacement={self.replacement!r} is invalid: must be a finite real number")
+        check_real("replacement", self.replacement)
         for prefix in ("obs", "reward"):
             low, high = getattr(self, f"{prefix}_low"), getattr(self, f"{prefix}_high")
-            _check_real(f"{prefix}_low", low, allow_none=True)
-            _check_real(f"{prefix}_high", high, allow_none=True)
-            if low is not None and high is not None and not low < high:
-                raise ValueError(
-                    f"{prefix}_low={low!r}, {prefix}_high={high!r} is invalid: "
-                    f"{prefix}_low must be < {prefix}_high"
-                )
-        d = self.obs_polynomial_degree
-        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-            raise ValueError(f"obs_polynomial_degree={d!r} is invalid: must be an integer >= 1")
+            check_optional_real(f"{prefix}_low", low)
+            check_optional_real(f"{prefix}_high", high)
+            require(low is None or high is None or low < high, f"{prefix}_low", low,
+                    f"must be < {prefix}_high={high!r}")
+        check_int("obs_polynomial_degree", self.obs_polynomial_degree, minimum=1)
 
 
 @struct.dataclass

@@ -174,8 +174,8 @@ def test_feature_transforms():
     [
         ({"replacement": float("nan")}, "replacement=nan"),
         ({"replacement": float("inf")}, "replacement=inf"),
-        ({"obs_low": 1.0, "obs_high": -1.0}, "obs_low=1.0, obs_high=-1.0"),
-        ({"reward_low": 2.0, "reward_high": 2.0}, "reward_low=2.0, reward_high=2.0"),
+        ({"obs_low": 1.0, "obs_high": -1.0}, "obs_low=1.0 is invalid: must be < obs_high=-1.0"),
+        ({"reward_low": 2.0, "reward_high": 2.0}, "reward_low=2.0 is invalid: must be < reward_high=2.0"),
         ({"reward_high": "big"}, "reward_high='big'"),
         ({"obs_polynomial_degree": 0}, "obs_polynomial_degree=0"),
         ({"obs_polynomial_degree": 2.5}, "obs_polynomial_degree=2.5"),

@@ -39,7 +39,6 @@ from typing import Any, Callable, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from metarl_jax import losses
@@ -47,7 +46,7 @@ from metarl_jax.algorithms.base import MetaAlgorithm, MetaTrainState, keep_if_fi
 from metarl_jax.algorithms.inner import AdaptInfo, adapt
 from metarl_jax.learners.base import ESTIMATORS
 from metarl_jax.tasks.base import num_tasks_in
-from metarl_jax.validation import require as _require
+from metarl_jax.validation import check_bool, check_choice, check_int, check_optional_int, check_real, require
 
 SCORE_BASELINES = ("none", "leave_one_out")
 
@@ -102,18 +101,17 @@ class MAMLConfig:
     init_entropy_coef: float = 0.0
 
     def __post_init__(self):
-        _require(int(self.inner_steps) >= 1, "inner_steps", self.inner_steps, "must be an integer >= 1")
-        _require(self.inner_lr > 0.0, "inner_lr", self.inner_lr, "must be > 0")
-        _require(self.estimator in ESTIMATORS, "estimator", self.estimator, f"allowed values are {ESTIMATORS}")
-        _require(self.task_chunk is None or int(self.task_chunk) >= 1, "task_chunk", self.task_chunk,
-                 "must be None or an integer >= 1")
-        _require(self.score_baseline in SCORE_BASELINES, "score_baseline", self.score_baseline,
-                 f"allowed values are {SCORE_BASELINES}")
-        _require(isinstance(self.init_entropy_coef, (int, float)) and not isinstance(self.init_entropy_coef, bool)
-                 and np.isfinite(self.init_entropy_coef) and self.init_entropy_coef >= 0.0,
-                 "init_entropy_coef", self.init_entropy_coef, "must be a finite number >= 0")
-        _require(not self.accumulate_chunks or self.task_chunk is not None, "accumulate_chunks",
-                 self.accumulate_chunks, "needs task_chunk (the number of tasks differentiated at once)")
+        check_int("inner_steps", self.inner_steps, minimum=1)
+        check_real("inner_lr", self.inner_lr, minimum=0.0, min_open=True)
+        check_bool("learn_inner_lr", self.learn_inner_lr)
+        check_choice("estimator", self.estimator, ESTIMATORS)
+        check_choice("score_baseline", self.score_baseline, SCORE_BASELINES)
+        check_optional_int("task_chunk", self.task_chunk, minimum=1)
+        check_bool("remat", self.remat)
+        check_bool("accumulate_chunks", self.accumulate_chunks)
+        check_real("init_entropy_coef", self.init_entropy_coef, minimum=0.0)
+        require(not self.accumulate_chunks or self.task_chunk is not None, "accumulate_chunks",
+                self.accumulate_chunks, "needs task_chunk (the number of tasks differentiated at once)")
 
     @property
     def first_order(self) -> bool:
@@ -185,9 +183,7 @@ def auto_task_chunk(meta_batch: int, platform: str | None = None, accumulate: bo
       more chunks than :func:`map_tasks` unrolls. Second-order navigation at 20 tasks on 2 cores:
       5 chunks of 4 are 10-25% faster than one vmap (``docs/benchmarks.md``).
     """
-    _require(isinstance(meta_batch, (int, np.integer)) and not isinstance(meta_batch, bool) and meta_batch >= 1,
-             "meta_batch", meta_batch, "must be an integer >= 1")
-    meta_batch = int(meta_batch)
+    meta_batch = check_int("meta_batch", meta_batch, minimum=1)
     if meta_batch <= AUTO_TASKS_PER_CHUNK:
         return None
     if accumulate:

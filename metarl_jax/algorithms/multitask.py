@@ -36,10 +36,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metarl_jax.learners.pg import _require
 from metarl_jax.algorithms.base import MetaAlgorithm, MetaTrainState, keep_if_finite, tree_all_finite
 from metarl_jax.algorithms.maml import MAMLConfig, init_meta_params, map_tasks
 from metarl_jax.tasks.base import num_tasks_in
+from metarl_jax.validation import require
 
 
 def multitask_loss(learner, params, tasks, key: jax.Array, task_chunk: int | None = None):
@@ -73,8 +73,8 @@ def multitask(learner, config: MAMLConfig, outer_tx: optax.GradientTransformatio
     ``K + 1``. ``config`` gives the parameter layout and ``task_chunk``. ``metrics``: ``return``,
     ``loss``, ``grad_norm``, ``grad_finite``; with ``skip_nonfinite`` a non-finite update is skipped.
     """
-    _require(isinstance(config, MAMLConfig), "config", config, "must be a MAMLConfig")
-    _require(callable(sample_tasks), "sample_tasks", sample_tasks, "must be a callable key -> batch of tasks")
+    require(isinstance(config, MAMLConfig), "config", config, "must be a MAMLConfig")
+    require(callable(sample_tasks), "sample_tasks", sample_tasks, "must be a callable key -> batch of tasks")
 
     def init(key: jax.Array) -> MetaTrainState:
         key_init, key_run = jax.random.split(key)

@@ -81,17 +81,9 @@ from metarl_jax.algorithms.inner import adapt, adapt_on_data
 from metarl_jax.algorithms.maml import MAMLConfig, init_meta_params, map_tasks
 from metarl_jax.learners.base import check_policy_surrogate
 from metarl_jax.tasks.base import num_tasks_in
-from metarl_jax.validation import require as _require
+from metarl_jax.validation import check_int, check_real, require
 
 # ----------------------------------------------------------------------------- configs
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,14 +106,11 @@ class TRPOConfig:
     ls_backtrack_ratio: float = 0.8
 
     def __post_init__(self):
-        _require(_is_number(self.max_kl) and self.max_kl > 0, "max_kl", self.max_kl, "must be a number > 0")
-        _require(_is_int(self.cg_iters) and self.cg_iters >= 1, "cg_iters", self.cg_iters, "must be an integer >= 1")
-        _require(_is_number(self.cg_damping) and self.cg_damping >= 0, "cg_damping", self.cg_damping,
-                 "must be a number >= 0")
-        _require(_is_int(self.ls_max_steps) and self.ls_max_steps >= 1, "ls_max_steps", self.ls_max_steps,
-                 "must be an integer >= 1")
-        _require(_is_number(self.ls_backtrack_ratio) and 0 < self.ls_backtrack_ratio < 1, "ls_backtrack_ratio",
-                 self.ls_backtrack_ratio, "must be a number in (0, 1)")
+        check_real("max_kl", self.max_kl, minimum=0, min_open=True)
+        check_int("cg_iters", self.cg_iters, minimum=1)
+        check_real("cg_damping", self.cg_damping, minimum=0)
+        check_int("ls_max_steps", self.ls_max_steps, minimum=1)
+        check_real("ls_backtrack_ratio", self.ls_backtrack_ratio, minimum=0, maximum=1, min_open=True, max_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,12 +130,10 @@ class ProMPConfig:
     outer_lr: float = 1e-3
 
     def __post_init__(self):
-        _require(_is_number(self.clip_eps) and 0 < self.clip_eps < 1, "clip_eps", self.clip_eps,
-                 "must be a number in (0, 1)")
-        _require(_is_number(self.kl_coef) and self.kl_coef >= 0, "kl_coef", self.kl_coef, "must be a number >= 0")
-        _require(_is_int(self.num_outer_steps) and self.num_outer_steps >= 1, "num_outer_steps",
-                 self.num_outer_steps, "must be an integer >= 1")
-        _require(_is_number(self.outer_lr) and self.outer_lr > 0, "outer_lr", self.outer_lr, "must be a number > 0")
+        check_real("clip_eps", self.clip_eps, minimum=0, maximum=1, min_open=True, max_open=True)
+        check_real("kl_coef", self.kl_coef, minimum=0)
+        check_int("num_outer_steps", self.num_outer_steps, minimum=1)
+        check_real("outer_lr", self.outer_lr, minimum=0, min_open=True)
 
 
 # ----------------------------------------------------------------------------- conjugate gradient
@@ -392,7 +379,7 @@ def trpo(learner, maml_config: MAMLConfig, trpo_config: TRPOConfig, sample_tasks
     search accepts only finite surrogates and KLs, so ``skip_nonfinite`` needs nothing here.
     """
     check_policy_surrogate(learner, "TRPO")
-    _require(isinstance(trpo_config, TRPOConfig), "trpo_config", trpo_config, "must be a TRPOConfig")
+    require(isinstance(trpo_config, TRPOConfig), "trpo_config", trpo_config, "must be a TRPOConfig")
 
     def init(key: jax.Array) -> MetaTrainState:
         key_init, key_run = jax.random.split(key)
@@ -484,7 +471,7 @@ def promp(learner, maml_config: MAMLConfig, promp_config: ProMPConfig, sample_ta
     leaves the parameters and the optimizer state unchanged.
     """
     check_policy_surrogate(learner, "ProMP")
-    _require(isinstance(promp_config, ProMPConfig), "promp_config", promp_config, "must be a ProMPConfig")
+    require(isinstance(promp_config, ProMPConfig), "promp_config", promp_config, "must be a ProMPConfig")
     optimizer = promp_optimizer(promp_config) if outer_tx is None else outer_tx
 
     def init(key: jax.Array) -> MetaTrainState:

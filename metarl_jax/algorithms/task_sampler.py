@@ -56,8 +56,6 @@ visit has no previous value, so its score is 0 until its second visit
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any
 
 import chex
 import jax
@@ -65,17 +63,11 @@ import jax.numpy as jnp
 from flax import struct
 
 from metarl_jax.tasks.base import TaskFamily, sample_tasks
+from metarl_jax.validation import check_choice, check_int, check_probability, check_real
 
 STRATEGIES = ("uniform", "prioritized")
 SCORES = ("optimality_gap", "negative_return", "td_error", "learning_progress")
 PRIORITIZATIONS = ("rank", "proportional")
-
-
-def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(
-            f"{name}={value!r} is invalid: must be one of {', '.join(repr(a) for a in allowed)}"
-        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -100,18 +92,13 @@ class TaskSelectionConfig:
     staleness_coef: float = 0.1
 
     def __post_init__(self):
-        _one_of("strategy", self.strategy, STRATEGIES)
-        p = self.pool_size
-        if isinstance(p, bool) or not isinstance(p, int) or p < 1:
-            raise ValueError(f"pool_size={p!r} is invalid: must be an integer >= 1")
-        _one_of("score", self.score, SCORES)
-        _one_of("prioritization", self.prioritization, PRIORITIZATIONS)
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (t > 0 and math.isfinite(t)):
-            raise ValueError(f"temperature={t!r} is invalid: must be a finite number > 0")
-        r = self.staleness_coef
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r <= 1.0:
-            raise ValueError(f"staleness_coef={r!r} is invalid: must be a number in [0, 1]")
+        check_choice("strategy", self.strategy, STRATEGIES)
+        # A Python int (numpy's too is accepted): the config is static and recorded as JSON.
+        object.__setattr__(self, "pool_size", check_int("pool_size", self.pool_size, minimum=1))
+        check_choice("score", self.score, SCORES)
+        check_choice("prioritization", self.prioritization, PRIORITIZATIONS)
+        check_real("temperature", self.temperature, minimum=0.0, min_open=True)
+        check_probability("staleness_coef", self.staleness_coef)
 
 
 @struct.dataclass
@@ -220,10 +207,9 @@ def sample_indices(
     first (``min(u, B)`` distinct ones, random order), then i.i.d. draws from
     :func:`sampling_probabilities`. Jit with ``static_argnums=(0, 3)``.
     """
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size={batch_size!r} is invalid: must be an integer >= 1")
+    b = check_int("batch_size", batch_size, minimum=1)
     _check_state(config, state)
-    p, b = config.pool_size, int(batch_size)
+    p = config.pool_size
     if config.strategy == "uniform":
         return jax.random.randint(key, (b,), 0, p, dtype=jnp.int32)
     key_unseen, key_replay = jax.random.split(key)

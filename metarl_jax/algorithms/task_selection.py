@@ -51,7 +51,7 @@ from metarl_jax.algorithms.task_sampler import (
     update_scores,
 )
 from metarl_jax.tasks.base import num_tasks_in
-from metarl_jax.validation import require as _require
+from metarl_jax.validation import check_int, check_real, require
 
 #: ``fold_in`` stream of the training seed that draws the task pool.
 POOL_STREAM = 0x7A5C
@@ -148,9 +148,7 @@ def with_task_selection(
     [B]`` and ``task_scores [B]``. A batch whose scores are not all finite leaves the sampler unchanged.
     """
     check_score(selection_config, family)
-    _require(isinstance(meta_batch, (int, np.integer)) and not isinstance(meta_batch, bool) and meta_batch >= 1,
-             "meta_batch", meta_batch, "must be an integer >= 1")
-    meta_batch = int(meta_batch)
+    meta_batch = check_int("meta_batch", meta_batch, minimum=1)
 
     def init(key: jax.Array) -> SelectionTrainState:
         tasks = pool
@@ -187,7 +185,7 @@ def with_task_selection(
 
 def tail_mean(values, fraction: float = 0.1) -> float:
     """Mean of the lowest ``ceil(fraction * N)`` of ``values [N]`` (the lower-tail CVaR; worst decile at 0.1)."""
+    check_real("fraction", fraction, minimum=0.0, maximum=1.0, min_open=True)
     values = np.sort(np.asarray(values, np.float64).ravel())
-    if values.size == 0 or not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction={fraction!r} is invalid: must be in (0, 1] with at least one value")
+    require(values.size > 0, "values", values, "must hold at least one value")
     return float(values[: max(1, int(np.ceil(fraction * values.size)))].mean())

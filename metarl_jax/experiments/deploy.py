@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarl_jax.deploy import deploy, load_run
-from metarl_jax.experiment import write_json
+from metarl_jax.experiment import parse_cli, write_json
 from metarl_jax.tasks import BanditParams, BernoulliBandit, Navigation2D, NavigationParams
+from metarl_jax.validation import check_bool, check_int, check_optional_real, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,12 +50,12 @@ class DeployConfig:
     """where to write deploy.json and the plots (default: <run dir>/deploy)"""
 
     def __post_init__(self):
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
-            raise ValueError(f"rounds={self.rounds!r} is invalid: must be an integer >= 1")
-        if self.inner_lr is not None and not (self.inner_lr >= 0 and np.isfinite(self.inner_lr)):
-            raise ValueError(f"inner_lr={self.inner_lr!r} is invalid: must be a finite number >= 0")
-        if not self.task.strip():
-            raise ValueError("task='' is invalid: use 'sample' or comma-separated numbers")
+        check_int("rounds", self.rounds, minimum=1)
+        check_int("seed", self.seed, minimum=0)
+        check_optional_real("inner_lr", self.inner_lr, minimum=0.0)
+        check_bool("keep_best", self.keep_best)
+        require(isinstance(self.task, str) and self.task.strip() != "", "task", self.task,
+                "use 'sample' or comma-separated numbers")
 
 
 def parse_task(family, spec: str, key: jax.Array):
@@ -192,10 +193,8 @@ def run(config: DeployConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse the flags and run; a bad path or value prints ``error: ...`` and exits with status 2."""
-    import tyro
-
+    config = parse_cli(DeployConfig, argv, description=__doc__)
     try:
-        config = tyro.cli(DeployConfig, args=argv, description=__doc__)
         return run(config)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

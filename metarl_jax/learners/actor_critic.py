@@ -83,31 +83,21 @@ inner step, ``"first_order"`` stops the inner gradients.
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from metarl_jax import losses
 from metarl_jax.learners.base import LearnerDefaults, OuterBatch
-from metarl_jax.learners.pg import NORMALIZATIONS, _require, _require_unroll
+from metarl_jax.learners.pg import NORMALIZATIONS
 from metarl_jax.networks import MLPCritic, SeparateActorCritic, SharedActorCritic
 from metarl_jax.rollout import Trajectory, rollout
+from metarl_jax.validation import check_bool, check_choice, check_int, check_optional_real, check_probability, check_real
 
 ARCHITECTURES = ("separate", "shared")
 OUTER_BASELINES = ("critic", "none")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,27 +152,19 @@ class ACConfig:
     rollout_unroll: int = 1
 
     def __post_init__(self):
-        _require_unroll(self.rollout_unroll)
-        for name in ("num_inner_episodes", "num_outer_episodes", "horizon"):
-            value = getattr(self, name)
-            _require(_is_int(value) and value >= 1, name, value, "must be an integer >= 1")
-        _require(_is_real(self.gamma) and 0.0 < self.gamma <= 1.0, "gamma", self.gamma, "must be in (0, 1]")
+        for name in ("num_inner_episodes", "num_outer_episodes", "horizon", "rollout_unroll"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_real("gamma", self.gamma, minimum=0.0, maximum=1.0, min_open=True)
         for name in ("gae_lambda", "outer_gae_lambda"):
-            value = getattr(self, name)
-            _require(_is_real(value) and 0.0 <= value <= 1.0, name, value, "must be in [0, 1]")
+            check_probability(name, getattr(self, name))
         for name in ("value_coef", "entropy_coef", "outer_critic_coef"):
-            value = getattr(self, name)
-            _require(_is_real(value) and value >= 0.0, name, value, "must be a finite number >= 0")
-        _require(self.critic_lr_scale is None or (_is_real(self.critic_lr_scale) and self.critic_lr_scale > 0.0),
-                 "critic_lr_scale", self.critic_lr_scale, "must be None or a finite number > 0")
-        _require(self.architecture in ARCHITECTURES, "architecture", self.architecture,
-                 f"allowed values are {ARCHITECTURES}")
-        _require(self.normalize in NORMALIZATIONS, "normalize", self.normalize, f"allowed values are {NORMALIZATIONS}")
-        _require(self.outer_baseline in OUTER_BASELINES, "outer_baseline", self.outer_baseline,
-                 f"allowed values are {OUTER_BASELINES}")
+            check_real(name, getattr(self, name), minimum=0.0)
+        check_optional_real("critic_lr_scale", self.critic_lr_scale, minimum=0.0, min_open=True)
+        check_choice("architecture", self.architecture, ARCHITECTURES)
+        check_choice("normalize", self.normalize, NORMALIZATIONS)
+        check_choice("outer_baseline", self.outer_baseline, OUTER_BASELINES)
         for name in ("standardize_advantages", "bootstrap_at_horizon"):
-            value = getattr(self, name)
-            _require(isinstance(value, (bool, np.bool_)), name, value, "must be a bool")
+            check_bool(name, getattr(self, name))
 
     @property
     def critic_scale(self) -> float:

@@ -13,16 +13,11 @@ import jax.numpy as jnp
 from metarl_jax import losses
 from metarl_jax.learners.base import ESTIMATORS, PLAIN_LOSS_ESTIMATORS, LearnerDefaults, OuterBatch
 from metarl_jax.rollout import Trajectory, rollout
-from metarl_jax.validation import require as _require
+from metarl_jax.validation import check_bool, check_choice, check_int, check_real, require
 
 BASELINES = ("none", "mean", "linear")
 NORMALIZATIONS = ("episode", "step")
 
-
-def _require_unroll(value) -> None:
-    """``rollout_unroll`` of the learner configs: an integer >= 1 (``bool`` is not accepted)."""
-    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, "rollout_unroll", value,
-             "must be an integer >= 1 (time steps per loop iteration of the rollout)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +52,12 @@ class PGConfig:
     rollout_unroll: int = 1
 
     def __post_init__(self):
-        _require(int(self.num_inner_episodes) >= 1, "num_inner_episodes", self.num_inner_episodes, "must be an integer >= 1")
-        _require(int(self.num_outer_episodes) >= 1, "num_outer_episodes", self.num_outer_episodes, "must be an integer >= 1")
-        _require(int(self.horizon) >= 1, "horizon", self.horizon, "must be an integer >= 1")
-        _require(0.0 < self.gamma <= 1.0, "gamma", self.gamma, "must be in (0, 1]")
-        _require(self.baseline in BASELINES, "baseline", self.baseline, f"allowed values are {BASELINES}")
-        _require(self.normalize in NORMALIZATIONS, "normalize", self.normalize, f"allowed values are {NORMALIZATIONS}")
-        _require_unroll(self.rollout_unroll)
+        for name in ("num_inner_episodes", "num_outer_episodes", "horizon", "rollout_unroll"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_real("gamma", self.gamma, minimum=0.0, maximum=1.0, min_open=True)
+        check_choice("baseline", self.baseline, BASELINES)
+        check_bool("standardize_advantages", self.standardize_advantages)
+        check_choice("normalize", self.normalize, NORMALIZATIONS)
 
 
 def surrogate_scale(traj: Trajectory, normalize: str) -> jax.Array:
@@ -222,8 +216,8 @@ class CustomLossLearner(LearnerDefaults):
     def __post_init__(self):
         if self.estimators is not None:
             bad = [e for e in self.estimators if e not in ESTIMATORS]
-            _require(not bad and len(self.estimators) > 0, "estimators", self.estimators,
-                     f"a non-empty tuple of {ESTIMATORS}")
+            require(not bad and len(self.estimators) > 0, "estimators", self.estimators,
+                    f"must be a non-empty tuple of {ESTIMATORS}")
 
     def __getattr__(self, name):
         # Attributes outside the Learner interface (policy, advantages, surrogate_scale...) are the base's.

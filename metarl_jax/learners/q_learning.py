@@ -98,7 +98,6 @@ same inner step (``"dice"`` adds the score term in :mod:`metarl_jax.algorithms.m
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Sequence
 
 import chex
@@ -109,10 +108,10 @@ from flax import struct
 
 from metarl_jax import losses
 from metarl_jax.learners.base import PLAIN_LOSS_ESTIMATORS, LearnerDefaults, OuterBatch
-from metarl_jax.learners.pg import _require, _require_unroll
 from metarl_jax.losses import q_learning_targets, td_loss_given_targets
 from metarl_jax.networks import Q_POLICY_KINDS, MLPQNetwork, QPolicy, TabularQNetwork
 from metarl_jax.rollout import Trajectory, rollout
+from metarl_jax.validation import check_bool, check_choice, check_int, check_probability, check_real
 
 BEHAVIOURS = Q_POLICY_KINDS
 TARGETS = ("semi_gradient", "stop_gradient", "frozen")
@@ -161,31 +160,21 @@ class QConfig:
     rollout_unroll: int = 1
 
     def __post_init__(self):
-        _require_unroll(self.rollout_unroll)
-        for name in ("num_inner_episodes", "num_outer_episodes", "horizon"):
-            value = getattr(self, name)
-            _require(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1,
-                     name, value, "must be an integer >= 1")
-        _require(_is_number(self.gamma) and 0.0 <= self.gamma <= 1.0, "gamma", self.gamma, "must be in [0, 1]")
-        _require(self.behaviour in BEHAVIOURS, "behaviour", self.behaviour, f"allowed values are {BEHAVIOURS}")
-        _require(_is_number(self.epsilon) and 0.0 <= self.epsilon <= 1.0, "epsilon", self.epsilon,
-                 "must be in [0, 1]")
-        _require(_is_number(self.temperature) and self.temperature > 0.0, "temperature", self.temperature,
-                 "must be > 0")
-        _require(isinstance(self.double_q, bool), "double_q", self.double_q, "must be True or False")
-        _require(self.target in TARGETS, "target", self.target, f"allowed values are {TARGETS}")
-        _require(self.outer in OUTERS, "outer", self.outer, f"allowed values are {OUTERS}")
-        _require(self.normalize in NORMALIZATIONS, "normalize", self.normalize,
-                 f"allowed values are {NORMALIZATIONS}")
+        for name in ("num_inner_episodes", "num_outer_episodes", "horizon", "rollout_unroll"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_probability("gamma", self.gamma)
+        check_choice("behaviour", self.behaviour, BEHAVIOURS)
+        check_probability("epsilon", self.epsilon)
+        check_real("temperature", self.temperature, minimum=0.0, min_open=True)
+        check_bool("double_q", self.double_q)
+        check_choice("target", self.target, TARGETS)
+        check_choice("outer", self.outer, OUTERS)
+        check_choice("normalize", self.normalize, NORMALIZATIONS)
 
     @property
     def uses_target_network(self) -> bool:
         """Whether the parameters carry a ``"target"`` leaf (``target="frozen"`` or ``double_q``)."""
         return self.target == "frozen" or self.double_q
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 # --------------------------------------------------------------------------- target network

@@ -40,6 +40,7 @@ from metarl_jax.tasks.tabular_mdp import (
     greedy_policy,
     policy_evaluation,
 )
+from metarl_jax.validation import check_choice
 
 _REGISTRY: dict[str, Callable[..., TaskFamily]] = {
     "bandit": BernoulliBandit,
@@ -66,8 +67,7 @@ def make_family(name: str, **kwargs) -> TaskFamily:
     (:func:`cartpole_target_family`: the cart position to balance at), ``acrobot_target``
     (:func:`acrobot_target_family`: the tip height to swing to), ``maze`` (:class:`GridMaze`).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"name={name!r} is invalid: must be one of {list(FAMILY_NAMES)}")
+    check_choice("name", name, FAMILY_NAMES)
     return _REGISTRY[name](**kwargs)
 
 

@@ -23,11 +23,11 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 from gymnax.environments import environment, spaces
 
 from metarl_jax.tasks.base import TaskFamily
+from metarl_jax.validation import check_int
 
 
 @struct.dataclass
@@ -50,12 +50,6 @@ def expected_rewards(params: BanditParams) -> jax.Array:
     return params.probs
 
 
-def _require_int(field: str, value: Any, minimum: int) -> None:
-    """Raise a ValueError naming ``field`` unless ``value`` is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{field}={value!r} is invalid: must be an integer >= {minimum}")
-
-
 class BernoulliBandit(TaskFamily):
     """K-armed Bernoulli bandit; arm probabilities ~ U[0, 1]^K per task.
 
@@ -68,10 +62,8 @@ class BernoulliBandit(TaskFamily):
 
     def __init__(self, num_arms: int = 2, horizon: int = 1):
         super().__init__()
-        _require_int("num_arms", num_arms, 2)
-        _require_int("horizon", horizon, 1)
-        self.num_arms = int(num_arms)
-        self.horizon = int(horizon)
+        self.num_arms = check_int("num_arms", num_arms, minimum=2)
+        self.horizon = check_int("horizon", horizon, minimum=1)
 
     # Equal configs compare and hash equal, so jit caches keyed on the family are shared.
     def _config(self) -> tuple:

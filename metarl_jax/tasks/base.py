@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from gymnax.environments import environment
 
+from metarl_jax.validation import check_int
+
 
 class TaskFamily(environment.Environment):
     """Base class of every task family (a gymnax Environment + a task distribution)."""
@@ -49,8 +51,7 @@ class TaskFamily(environment.Environment):
 
 def sample_tasks(family: TaskFamily, key: jax.Array, num_tasks: int):
     """A batch of ``num_tasks`` tasks: the ``EnvParams`` pytree with a leading task axis."""
-    if num_tasks < 1:
-        raise ValueError(f"num_tasks={num_tasks!r} is invalid: must be an integer >= 1")
+    num_tasks = check_int("num_tasks", num_tasks, minimum=1)
     return jax.vmap(family.sample_params)(jax.random.split(key, num_tasks))
 
 

@@ -47,6 +47,7 @@ from gymnax.environments import environment, spaces
 from gymnax.environments.classic_control import acrobot, cartpole, pendulum
 
 from metarl_jax.tasks.base import TaskFamily
+from metarl_jax.validation import check_bool, check_interval, check_optional_int, check_real, require
 
 # ----------------------------------------------------------------------------- distributions
 
@@ -58,15 +59,10 @@ class Distribution(Protocol):
 
 
 def _check_bounds(cls: str, low: Any, high: Any, positive: bool) -> None:
+    """``low`` and ``high`` finite numbers (``> 0`` if ``positive``) with ``low <= high``; fields named ``cls.low``..."""
     for field, value in (("low", low), ("high", high)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-            raise ValueError(f"{cls}.{field}={value!r} is invalid: must be a finite number")
-        if not math.isfinite(value):
-            raise ValueError(f"{cls}.{field}={value!r} is invalid: must be a finite number")
-        if positive and not value > 0:
-            raise ValueError(f"{cls}.{field}={value!r} is invalid: must be > 0")
-    if low > high:
-        raise ValueError(f"{cls}.low={low!r} is invalid: must be <= high={high!r}")
+        check_real(f"{cls}.{field}", value, minimum=0.0 if positive else None, min_open=positive)
+    require(low <= high, f"{cls}.low", low, f"must be <= high={high!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,14 +164,10 @@ class RandomizedParams(TaskFamily):
                 )
         if derived is not None and not callable(derived):
             raise ValueError(f"derived={derived!r} is invalid: must be a function params -> params")
-        if horizon is not None and (
-            isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1
-        ):
-            raise ValueError(f"horizon={horizon!r} is invalid: must be None or an integer >= 1")
+        self.horizon = check_optional_int("horizon", horizon, minimum=1)
         self.env = env
         self.distributions = dict(sorted(distributions.items()))
         self.derived = derived
-        self.horizon = None if horizon is None else int(horizon)
         self._name = name
 
     # --- the task distribution
@@ -391,10 +383,10 @@ def cartpole_target_family(horizon: int | None = None, target_range: float = 1.0
     ``E[exp(-x*^2 / 2w^2)] = w sqrt(2 pi) erf(r / (w sqrt 2)) / (2 r) = 0.31`` per step
     (``w = 0.25``, ``r = 1``): about two thirds of the return is there to adapt for.
     """
-    if isinstance(target_range, bool) or not isinstance(target_range, (int, float)) or not (
-            math.isfinite(target_range) and 0 < target_range < cartpole.EnvParams().x_threshold):
-        raise ValueError(f"target_range={target_range!r} is invalid: must be a number in (0, 2.4), "
-                         "inside the track")
+    # Inside the track: |x| < x_threshold = 2.4.
+    check_real("target_range", target_range, minimum=0.0, maximum=cartpole.EnvParams().x_threshold,
+               min_open=True, max_open=True)
+    check_bool("physics", physics)
     distributions = {"target_x": Uniform(-float(target_range), float(target_range))}
     if physics:
         distributions.update({"length": Uniform(0.25, 1.0), "masspole": Uniform(0.05, 0.5)})
@@ -472,12 +464,8 @@ def acrobot_target_family(horizon: int | None = None, height_range: tuple[float,
     pumping energy into large ones, and the target is not observed, so one policy cannot serve
     every task: measured figures are in ``docs/benchmarks.md`` (the ``acrobot_target`` rows).
     """
-    if not (isinstance(height_range, (tuple, list)) and len(height_range) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                    for v in height_range)
-            and -2.0 <= height_range[0] < height_range[1] <= 2.0):
-        raise ValueError(f"height_range={height_range!r} is invalid: must be (lo, hi) with "
-                         "-2 <= lo < hi <= 2, the reachable tip heights")
+    check_interval("height_range", height_range, minimum=-2.0, maximum=2.0)  # the reachable tip heights
+    check_bool("physics", physics)
     distributions = {"target_height": Uniform(float(height_range[0]), float(height_range[1]))}
     if physics:
         distributions.update({"link_mass_1": Uniform(0.5, 1.5), "link_mass_2": Uniform(0.5, 1.5)})

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from metarl_jax.tasks.bandit import BanditParams, BernoulliBandit
+from metarl_jax.validation import check_int, check_real, require
 
 
 class RareBestArmBandit(BernoulliBandit):
@@ -32,17 +33,12 @@ class RareBestArmBandit(BernoulliBandit):
     def __init__(self, num_arms: int = 5, horizon: int = 10, rare_fraction: float = 0.1,
                  common_arms: int | None = None, low_max: float = 0.5, best_low: float = 0.75):
         super().__init__(num_arms=num_arms, horizon=horizon)
-        if self.num_arms < 3:
-            raise ValueError(f"num_arms={num_arms!r} is invalid: must be an integer >= 3")
+        check_int("num_arms", num_arms, minimum=3)
         common_arms = self.num_arms - 1 if common_arms is None else common_arms
-        if isinstance(common_arms, bool) or not isinstance(common_arms, int) or not 1 <= common_arms < self.num_arms:
-            raise ValueError(f"common_arms={common_arms!r} is invalid: must be an integer in [1, num_arms - 1]")
-        self.common_arms = int(common_arms)
+        self.common_arms = check_int("common_arms", common_arms, minimum=1, maximum=self.num_arms - 1)
         for field, value in (("rare_fraction", rare_fraction), ("low_max", low_max), ("best_low", best_low)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-                raise ValueError(f"{field}={value!r} is invalid: must be a number in (0, 1)")
-        if not low_max < best_low:
-            raise ValueError(f"best_low={best_low!r} is invalid: must be > low_max={low_max!r}")
+            check_real(field, value, minimum=0.0, maximum=1.0, min_open=True, max_open=True)
+        require(low_max < best_low, "best_low", best_low, f"must be > low_max={low_max!r}")
         self.rare_fraction = float(rare_fraction)
         self.low_max = float(low_max)
         self.best_low = float(best_low)

@@ -39,6 +39,7 @@ from gymnax.environments import environment, spaces
 from metarl_jax.tasks import tabular_mdp
 from metarl_jax.tasks.base import TaskFamily
 from metarl_jax.tasks.tabular_mdp import TabularMDPParams
+from metarl_jax.validation import check_int
 
 #: Moves of the four actions as (d_row, d_col): up, right, down, left.
 DIRECTIONS = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]], dtype=np.int32)
@@ -150,13 +151,9 @@ class GridMaze(TaskFamily):
     def __init__(self, size: int = 5, layout: Sequence[str] | None = None, horizon: int = 20):
         super().__init__()
         if layout is None:
-            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
-                raise ValueError(f"size={size!r} is invalid: must be an integer >= 2")
-            layout = open_layout(int(size))
-        if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
-            raise ValueError(f"horizon={horizon!r} is invalid: must be an integer >= 1")
+            layout = open_layout(check_int("size", size, minimum=2))
+        self.horizon = check_int("horizon", horizon, minimum=1)
         self.layout, self.cell_coords, self.start = _parse_layout(layout)
-        self.horizon = int(horizon)
         self.num_cells = int(self.cell_coords.shape[0])
         self.next_cell = _neighbour_table(self.layout, self.cell_coords)  # [N, 4] numpy constant
 

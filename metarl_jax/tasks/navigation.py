@@ -25,6 +25,7 @@ from flax import struct
 from gymnax.environments import environment, spaces
 
 from metarl_jax.tasks.base import TaskFamily
+from metarl_jax.validation import check_int, check_real
 
 
 @struct.dataclass
@@ -55,15 +56,9 @@ class Navigation2D(TaskFamily):
 
     def __init__(self, goal_range: float = 0.5, max_speed: float = 0.1, horizon: int = 100):
         super().__init__()
-        if not goal_range > 0:
-            raise ValueError(f"goal_range={goal_range!r} is invalid: must be > 0")
-        if not max_speed > 0:
-            raise ValueError(f"max_speed={max_speed!r} is invalid: must be > 0")
-        if int(horizon) < 1:
-            raise ValueError(f"horizon={horizon!r} is invalid: must be an integer >= 1")
-        self.goal_range = float(goal_range)
-        self.max_speed = float(max_speed)
-        self.horizon = int(horizon)
+        self.goal_range = check_real("goal_range", goal_range, minimum=0.0, min_open=True)
+        self.max_speed = check_real("max_speed", max_speed, minimum=0.0, min_open=True)
+        self.horizon = check_int("horizon", horizon, minimum=1)
 
     @property
     def default_params(self) -> NavigationParams:

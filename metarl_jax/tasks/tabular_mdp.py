@@ -40,6 +40,7 @@ from flax import struct
 from gymnax.environments import environment, spaces
 
 from metarl_jax.tasks.base import TaskFamily
+from metarl_jax.validation import check_int, check_real
 
 
 @struct.dataclass
@@ -64,12 +65,6 @@ class TabularState(environment.EnvState):
     time: int
 
 
-def _require_int(field: str, value: Any, minimum: int) -> None:
-    """Raise a ValueError naming ``field`` unless ``value`` is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{field}={value!r} is invalid: must be an integer >= {minimum}")
-
-
 def _check_params(params: TabularMDPParams) -> tuple[int, int]:
     """Assert the shapes of one (unbatched) task; return ``(S, A)``."""
     chex.assert_rank(params.transitions, 3)
@@ -81,8 +76,9 @@ def _check_params(params: TabularMDPParams) -> tuple[int, int]:
 
 
 def _check_gamma(gamma: Any) -> None:
-    if isinstance(gamma, (int, float)) and not 0.0 <= gamma < 1.0:
-        raise ValueError(f"gamma={gamma!r} is invalid: must be in [0, 1)")
+    """A number ``gamma`` must lie in ``[0, 1)``; an array (a traced discount too) is not checked."""
+    if not isinstance(gamma, (jax.Array, np.ndarray)):
+        check_real("gamma", gamma, minimum=0.0, maximum=1.0, max_open=True)
 
 
 def finite_horizon_value_iteration(
@@ -105,7 +101,7 @@ def finite_horizon_value_iteration(
     Returns:
       ``(q, v)`` with ``q`` of shape ``[H, S, A]`` and ``v`` of shape ``[H+1, S]``.
     """
-    _require_int("horizon", horizon, 1)
+    check_int("horizon", horizon, minimum=1)
     num_states, _ = _check_params(params)
 
     def backup(v_next, _):
@@ -140,7 +136,7 @@ def policy_evaluation(params: TabularMDPParams, policy_probs: jax.Array, horizon
     Returns:
       the scalar ``J(pi)``.
     """
-    _require_int("horizon", horizon, 1)
+    check_int("horizon", horizon, minimum=1)
     num_states, num_actions = _check_params(params)
     if jnp.ndim(policy_probs) == 2:
         chex.assert_shape(policy_probs, (num_states, num_actions))
@@ -177,7 +173,7 @@ def discounted_q_value_iteration(
       ``Q`` of shape ``[S, A]``.
     """
     _check_gamma(gamma)
-    _require_int("num_iterations", num_iterations, 0)
+    check_int("num_iterations", num_iterations, minimum=0)
     _check_params(params)
 
     def bellman(_, q):
@@ -236,17 +232,10 @@ class TabularMDP(TaskFamily):
         reward_noise_std: float = 1.0,
     ):
         super().__init__()
-        _require_int("num_states", num_states, 1)
-        _require_int("num_actions", num_actions, 1)
-        _require_int("horizon", horizon, 1)
-        if not (isinstance(reward_noise_std, (int, float)) and reward_noise_std >= 0):
-            raise ValueError(
-                f"reward_noise_std={reward_noise_std!r} is invalid: must be a number >= 0"
-            )
-        self.num_states = int(num_states)
-        self._num_actions = int(num_actions)
-        self.horizon = int(horizon)
-        self.reward_noise_std = float(reward_noise_std)
+        self.num_states = check_int("num_states", num_states, minimum=1)
+        self._num_actions = check_int("num_actions", num_actions, minimum=1)
+        self.horizon = check_int("horizon", horizon, minimum=1)
+        self.reward_noise_std = check_real("reward_noise_std", reward_noise_std, minimum=0.0)
 
     # Equal configs compare and hash equal, so jit caches keyed on the family are shared.
     def _config(self) -> tuple:

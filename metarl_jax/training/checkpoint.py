@@ -53,6 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from metarl_jax.validation import check_int, require
+
 __all__ = [
     "CheckpointCorruptError",
     "checkpoint_path",
@@ -219,11 +221,6 @@ def _remove_stale_temporaries(directory: str) -> None:
                 os.remove(path)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} is invalid: must be an integer >= {minimum}")
-
-
 def save_checkpoint(
     directory: str | os.PathLike,
     step: int,
@@ -244,12 +241,11 @@ def save_checkpoint(
     Returns:
       The path of the written checkpoint.
     """
-    _check_int("step", step, 0)
+    check_int("step", step, minimum=0)
     if keep is not None:
-        _check_int("keep", keep, 1)
+        check_int("keep", keep, minimum=1)
     metadata = {} if metadata is None else metadata
-    if not isinstance(metadata, dict):
-        raise ValueError(f"metadata={metadata!r} is invalid: must be a dict (JSON-serialisable) or None")
+    require(isinstance(metadata, dict), "metadata", metadata, "must be a dict (JSON-serialisable) or None")
     try:
         metadata_json = json.dumps(metadata)
     except (TypeError, ValueError) as err:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from metarl_jax.algorithms.base import MetaAlgorithm
 from metarl_jax.training import checkpoint as ckpt
-from metarl_jax.validation import require as _require
+from metarl_jax.validation import check_choice, check_int, check_optional_int, check_optional_real, check_real, require
 
 NONFINITE_POLICIES = ("stop", "skip")
 LR_SCHEDULES = ("constant", "cosine")
@@ -91,21 +91,14 @@ class TrainConfig:
     final_lr_fraction: float = 0.1
 
     def __post_init__(self):
-        _require(int(self.num_iterations) >= 1, "num_iterations", self.num_iterations, "must be an integer >= 1")
-        _require(int(self.meta_batch) >= 1, "meta_batch", self.meta_batch, "must be an integer >= 1")
-        _require(self.outer_lr > 0, "outer_lr", self.outer_lr, "must be > 0")
-        _require(int(self.iterations_per_call) >= 1, "iterations_per_call", self.iterations_per_call,
-                 "must be an integer >= 1")
-        _require(int(self.checkpoint_every) >= 1, "checkpoint_every", self.checkpoint_every, "must be an integer >= 1")
-        _require(int(self.keep_checkpoints) >= 1, "keep_checkpoints", self.keep_checkpoints, "must be an integer >= 1")
-        _require(self.on_nonfinite in NONFINITE_POLICIES, "on_nonfinite", self.on_nonfinite,
-                 f"allowed values are {NONFINITE_POLICIES}")
-        _require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm,
-                 "must be > 0 or None")
-        _require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule,
-                 f"allowed values are {LR_SCHEDULES}")
-        _require(0.0 <= self.final_lr_fraction <= 1.0, "final_lr_fraction", self.final_lr_fraction,
-                 "must be in [0, 1]")
+        for name in ("num_iterations", "meta_batch", "iterations_per_call", "checkpoint_every", "keep_checkpoints"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("seed", self.seed, minimum=0)
+        check_real("outer_lr", self.outer_lr, minimum=0.0, min_open=True)
+        check_choice("on_nonfinite", self.on_nonfinite, NONFINITE_POLICIES)
+        check_optional_real("max_grad_norm", self.max_grad_norm, minimum=0.0, min_open=True)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_real("final_lr_fraction", self.final_lr_fraction, minimum=0.0, maximum=1.0)
 
 
 def outer_learning_rate(config: TrainConfig):
@@ -191,9 +184,9 @@ def _state_step(state) -> int:
     dtype = getattr(step, "dtype", None)
     ok = (isinstance(step, int) and not isinstance(step, bool)) or (
         shape == () and dtype is not None and np.issubdtype(dtype, np.integer))
-    _require(ok, "init_state", type(state).__name__,
-             "must be a pytree with a scalar integer field `step` counting finished iterations "
-             "(e.g. maml.MetaTrainState, curriculum.SelectionTrainState)")
+    require(ok, "init_state", type(state).__name__,
+            "must be a pytree with a scalar integer field `step` counting finished iterations "
+            "(e.g. maml.MetaTrainState, curriculum.SelectionTrainState)")
     return int(step)
 
 
@@ -244,13 +237,11 @@ def run_loop(
     then holds the recorded iterations too. ``stop_after`` ends this call after
     that many iterations (to simulate an interruption).
     """
-    _require(callable(step_fn), "step_fn", step_fn, "must be a callable state -> (state, metrics)")
-    _require(isinstance(train_config, TrainConfig), "train_config", train_config, "must be a TrainConfig")
-    _require(stop_after is None or (isinstance(stop_after, (int, np.integer)) and not isinstance(stop_after, bool)
-                                    and stop_after >= 0),
-             "stop_after", stop_after, "must be None or an integer >= 0")
-    _require(metadata is None or isinstance(metadata, dict), "metadata", metadata,
-             "must be None or a JSON-serialisable dict")
+    require(callable(step_fn), "step_fn", step_fn, "must be a callable state -> (state, metrics)")
+    require(isinstance(train_config, TrainConfig), "train_config", train_config, "must be a TrainConfig")
+    check_optional_int("stop_after", stop_after, minimum=0)
+    require(metadata is None or isinstance(metadata, dict), "metadata", metadata,
+            "must be None or a JSON-serialisable dict")
     metadata = {} if metadata is None else metadata
     _state_step(init_state)
     state = _commit(init_state)
@@ -279,9 +270,9 @@ def run_loop(
         metrics = jax.device_get(metrics)
         elapsed = time.perf_counter() - t0
         if train_config.on_nonfinite == "stop":
-            _require("grad_finite" in metrics, "step_fn", step_fn,
-                     f"its metrics {sorted(metrics)} lack 'grad_finite' (a bool per iteration), "
-                     "which on_nonfinite='stop' needs")
+            require("grad_finite" in metrics, "step_fn", step_fn,
+                    f"its metrics {sorted(metrics)} lack 'grad_finite' (a bool per iteration), "
+                    "which on_nonfinite='stop' needs")
             finite = np.asarray(metrics["grad_finite"])
             if not finite.all():
                 bad = iteration + int(np.argmin(finite))
@@ -292,8 +283,8 @@ def run_loop(
                     last_good_state=state, history=list(history),
                 )
         new_step = _state_step(new_state)
-        _require(new_step == iteration + chunk, "step_fn", step_fn,
-                 f"must add 1 to state.step per iteration: {chunk} iterations took it from {iteration} to {new_step}")
+        require(new_step == iteration + chunk, "step_fn", step_fn,
+                f"must add 1 to state.step per iteration: {chunk} iterations took it from {iteration} to {new_step}")
         state = new_state
         lines = []
         for j in range(chunk):
@@ -334,9 +325,9 @@ def run(
     algorithm decides what one iteration is (MAML, TRPO, ProMP, multi-task, any wrapper); the loop
     knows none of them.
     """
-    _require(isinstance(algorithm, MetaAlgorithm), "algorithm", algorithm,
+    require(isinstance(algorithm, MetaAlgorithm), "algorithm", algorithm,
              "must be a MetaAlgorithm(init, step) (metarl_jax.algorithms)")
-    _require(isinstance(train_config, TrainConfig), "train_config", train_config, "must be a TrainConfig")
+    require(isinstance(train_config, TrainConfig), "train_config", train_config, "must be a TrainConfig")
     state = algorithm.init(jax.random.PRNGKey(train_config.seed))
     return run_loop(algorithm.step, state, train_config, run_dir, progress=progress, stop_after=stop_after,
                     desc=desc, metadata=metadata)

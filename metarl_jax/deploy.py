@@ -260,20 +260,21 @@ class LoadedRun(NamedTuple):
 
 
 def _locate(path: str) -> tuple[str, str]:
-    """``(checkpoint file, run directory)`` for a run dir, its ``checkpoints/`` dir or a checkpoint file."""
+    """``(checkpoint, run directory)`` for a run dir, its ``checkpoints/`` dir or one ``step_<digits>`` checkpoint."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint={path!r} is invalid: no such file or directory")
-    if os.path.isfile(path):
-        if not re.fullmatch(r"step_\d{8,}", os.path.basename(path)):
-            raise ValueError(f"checkpoint={path!r} is invalid: not a checkpoint file (step_<digits>); pass "
-                             "runs/<name>/<timestamp>, its checkpoints/ directory or one checkpoint file")
+    one_checkpoint = re.fullmatch(r"step_\d{8,}", os.path.basename(os.path.normpath(path)))
+    if os.path.isfile(path) or one_checkpoint:  # a checkpoint is a directory; a file named so is an old-format one
+        if not one_checkpoint:
+            raise ValueError(f"checkpoint={path!r} is invalid: not a checkpoint (step_<digits>); pass "
+                             "runs/<name>/<timestamp>, its checkpoints/ directory or one step_<digits> checkpoint")
         return path, os.path.dirname(os.path.dirname(os.path.abspath(path)))
     ckpt_dir = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
     found = ckpt.latest_checkpoint(ckpt_dir)
     if found is None:
         raise FileNotFoundError(
-            f"checkpoint={path!r} is invalid: {ckpt_dir} holds no checkpoint (expected step_<digits> files; "
-            "pass runs/<name>/<timestamp>, its checkpoints/ directory or one checkpoint file)"
+            f"checkpoint={path!r} is invalid: {ckpt_dir} holds no checkpoint (expected step_<digits> directories; "
+            "pass runs/<name>/<timestamp>, its checkpoints/ directory or one step_<digits> checkpoint)"
         )
     return found, os.path.dirname(os.path.abspath(ckpt_dir))
 
@@ -303,7 +304,7 @@ def load_run(path: str) -> LoadedRun:
     """Rebuild the learner of an experiment run and load its meta-parameters.
 
     ``path``: ``runs/<name>/<timestamp>`` (latest checkpoint), its ``checkpoints/`` directory
-    or one ``step_<digits>`` file; ``config.json`` must sit in the run directory.
+    or one ``step_<digits>`` checkpoint directory; ``config.json`` must sit in the run directory.
     Raises ``FileNotFoundError`` / ``ValueError`` with a message naming what is wrong.
     """
     from metarl_jax.experiment import build

@@ -1,10 +1,13 @@
-"""Checkpoints: bitwise roundtrip, pruning, temp-file handling, SIGKILL mid-save, clear errors."""
+"""Checkpoints on orbax-checkpoint: bitwise roundtrip, pruning, staging directories, SIGKILL mid-save, damage
+detection (our checksums, where orbax has none), two processes, clear errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import random
+import socket
 import subprocess
 import sys
 import stat
@@ -68,7 +71,8 @@ def test_roundtrip_is_bitwise(tmp_path):
     tree = _tree(0)
     meta = {"config": {"lr": 1e-3, "name": "adam"}, "metrics": [1.0, 2.5], "nan": None}
     path = ckpt.save_checkpoint(tmp_path, 7, tree, metadata=meta)
-    assert path == str(tmp_path / "step_00000007") and os.path.isfile(path)
+    assert path == str(tmp_path / "step_00000007") and os.path.isdir(path)
+    assert sorted(os.listdir(tmp_path)) == ["step_00000007"]  # no staging directory left behind
     restored, restored_meta = ckpt.restore_checkpoint(path, _tree(1))  # a different-valued target
     _assert_bitwise_equal(restored, tree)
     assert restored_meta == meta
@@ -108,13 +112,24 @@ def test_keep_n_pruning_and_latest(tmp_path):
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [1, 5]
     ckpt.save_checkpoint(tmp_path, 9, {"x": jnp.float32(9.0)}, keep=None)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [1, 5, 9]
+    assert sorted(os.listdir(tmp_path)) == ["step_00000001", "step_00000005", "step_00000009"]  # pruned ones gone
+
+
+def test_relative_directory(tmp_path, monkeypatch):
+    """A relative ``directory`` works (orbax itself takes absolute paths only) and names the checkpoint as given."""
+    monkeypatch.chdir(tmp_path)
+    path = ckpt.save_checkpoint(os.path.join("runs", "ckpts"), 1, {"x": jnp.float32(1.0)})
+    assert path == os.path.join("runs", "ckpts", "step_00000001")
+    assert ckpt.latest_checkpoint(os.path.join("runs", "ckpts")) == path and _value_at(path) == 1.0
 
 
 def test_latest_ignores_temporaries_and_other_files(tmp_path):
     ckpt.save_checkpoint(tmp_path, 3, {"x": jnp.float32(3.0)})
     (tmp_path / "step_00000099.tmp").mkdir()  # a leftover temp dir
     (tmp_path / ".tmp-step_00000100-otherhost-1-abc").write_bytes(b"partial")
-    (tmp_path / "step_00000101").mkdir()  # a directory is never a checkpoint of ours
+    (tmp_path / ".tmp-step_00000100-otherhost-1-abc.orbax-checkpoint-tmp-7").mkdir()  # orbax's half-written one
+    (tmp_path / "step_00000101").mkdir()  # a directory without orbax's step metadata is no checkpoint
+    (tmp_path / "step_00000102").write_bytes(b"old")  # nor is a file (the format before orbax)
     (tmp_path / "notes.txt").write_text("hi")
     assert ckpt.latest_checkpoint(tmp_path) == str(tmp_path / "step_00000003")
     step, tree, _ = ckpt.restore_latest(tmp_path, {"x": jnp.zeros((), jnp.float32)})
@@ -136,50 +151,179 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
               tmp_path / ".tmp-unrelated"]
     for path in more_stale + others:
         path.write_bytes(b"partial")
+    # What a killed save leaves now: orbax's temporary directory of a staging directory, a staging directory,
+    # a pruned checkpoint renamed away but not yet deleted; and a live process's staging directory (keep).
+    stale_dirs = [tmp_path / f".tmp-step_00000006-{host}-{dead_pid}-ab.orbax-checkpoint-tmp-17",
+                  tmp_path / f".tmp-step_00000006-{host}-{dead_pid}-cd",
+                  tmp_path / f".tmp-step_00000002-{host}-{dead_pid}-ef-pruned"]
+    live_dir = tmp_path / f".tmp-step_00000006-{host}-{os.getppid()}-gh"
+    for path in stale_dirs + [live_dir]:
+        (path / "ocdbt.process_0").mkdir(parents=True)
+        (path / "ocdbt.process_0" / "manifest.ocdbt").write_bytes(b"partial")
     for step in (1, 2):
         ckpt.save_checkpoint(tmp_path, step, {"x": jnp.float32(step)})
     ckpt.save_checkpoint(tmp_path, 5, {"x": jnp.float32(5.0)})
     assert not stale.exists() and live.exists()
     assert not any(path.exists() for path in more_stale) and all(path.exists() for path in others)
+    assert not any(path.exists() for path in stale_dirs) and live_dir.exists()
+
+
+def _values(seed: int):
+    return {"x": jnp.asarray(np.random.default_rng(seed).standard_normal(4096), jnp.float32)}
+
+
+_XS = {"x": jnp.zeros(4096, jnp.float32)}
+
+
+def _data_file(checkpoint) -> pathlib.Path:
+    """The largest file of ``checkpoint`` (a directory): the (zstd-compressed) bytes of its 16 KB array."""
+    files = [path for path in pathlib.Path(checkpoint).rglob("*") if path.is_file()]
+    return max(files, key=lambda path: path.stat().st_size)
+
+
+def _flip_middle(path: pathlib.Path) -> bytes:
+    """Flip one byte in the middle of ``path``, as a failing disk does; returns the original bytes."""
+    original = path.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    return original
+
+
+def _same(tree, seed: int) -> bool:
+    return np.array_equal(np.asarray(tree["x"]), np.asarray(_values(seed)["x"]))
 
 
 def test_corrupt_latest_falls_back_to_previous(tmp_path):
-    ckpt.save_checkpoint(tmp_path, 1, {"x": jnp.float32(1.0)})
-    path = ckpt.save_checkpoint(tmp_path, 2, {"x": jnp.float32(2.0)})
-    data = bytearray(pathlib.Path(path).read_bytes())
-    data[-3] ^= 0xFF  # a flipped byte, as from a failing disk
-    pathlib.Path(path).write_bytes(bytes(data))
-    with pytest.raises(ckpt.CheckpointCorruptError, match="checksum"):
-        ckpt.restore_checkpoint(path, {"x": jnp.zeros((), jnp.float32)})
-    pathlib.Path(path).write_bytes(bytes(data[:20]))  # truncated
-    with pytest.raises(ckpt.CheckpointCorruptError):
-        ckpt.restore_checkpoint(path, {"x": jnp.zeros((), jnp.float32)})
+    """A flipped byte in the array data (which orbax reads back without complaint, see
+    ``test_what_orbax_alone_cannot_do``) fails our checksum; a truncated data file or a rewritten metadata value
+    is caught too; :func:`restore_latest` falls back to the previous checkpoint with a warning."""
+    ckpt.save_checkpoint(tmp_path, 1, _values(1))
+    path = ckpt.save_checkpoint(tmp_path, 2, _values(2), metadata={"iteration": 2})
+    data_file = _data_file(path)
+    original = _flip_middle(data_file)
+    with pytest.raises(ckpt.CheckpointCorruptError, match=r"checksum of leaf \['x'\]"):
+        ckpt.restore_checkpoint(path, _XS)
+    data_file.write_bytes(original[:20])  # truncated
+    with pytest.raises(ckpt.CheckpointCorruptError, match="damaged"):
+        ckpt.restore_checkpoint(path, _XS)
     with pytest.warns(RuntimeWarning, match="skipping unreadable"):
-        step, tree, _ = ckpt.restore_latest(tmp_path, {"x": jnp.zeros((), jnp.float32)})
-    assert step == 1 and float(tree["x"]) == 1.0
+        step, tree, _ = ckpt.restore_latest(tmp_path, _XS)
+    assert step == 1 and _same(tree, 1)
+    # The metadata lives in orbax's step metadata, as JSON: a changed value that still parses is caught.
+    data_file.write_bytes(original)
+    assert ckpt.restore_checkpoint(path, _XS)[1] == {"iteration": 2}
+    step_metadata = pathlib.Path(path) / ckpt.ORBAX_STEP_METADATA
+    record = json.loads(step_metadata.read_text())
+    record["custom_metadata"][ckpt.MANIFEST_KEY]["metadata"] = json.dumps({"iteration": 3})
+    step_metadata.write_text(json.dumps(record))
+    with pytest.raises(ckpt.CheckpointCorruptError, match="checksum of its manifest"):
+        ckpt.restore_checkpoint(path, _XS)
 
 
 def test_torn_newest_checkpoint_is_skipped_with_a_warning_naming_it(tmp_path):
-    """A newest file cut off in the middle of its body (what a non-atomic write killed mid-way leaves):
-    :func:`restore_latest` warns once, naming the file and the checksum, and returns the previous step."""
-    ckpt.save_checkpoint(tmp_path, 1, {"x": jnp.float32(1.0)})
-    path = pathlib.Path(ckpt.save_checkpoint(tmp_path, 2, {"x": jnp.float32(2.0)}))
-    data = path.read_bytes()
-    path.write_bytes(data[: len(ckpt.MAGIC) + 32 + (len(data) - len(ckpt.MAGIC) - 32) // 2])  # header intact
+    """A newest checkpoint whose array data file is cut off in the middle (what a non-atomic write killed
+    mid-way leaves): :func:`restore_latest` warns once, naming the checkpoint, and returns the previous step."""
+    ckpt.save_checkpoint(tmp_path, 1, _values(1))
+    path = ckpt.save_checkpoint(tmp_path, 2, _values(2))
+    data_file = _data_file(path)
+    data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])
     with pytest.warns(RuntimeWarning) as record:
-        step, tree, _ = ckpt.restore_latest(tmp_path, {"x": jnp.zeros((), jnp.float32)})
-    assert step == 1 and float(tree["x"]) == 1.0
+        step, tree, _ = ckpt.restore_latest(tmp_path, _XS)
+    assert step == 1 and _same(tree, 1)
     messages = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
     assert len(messages) == 1 and "skipping unreadable checkpoint" in messages[0], messages
-    assert str(path) in messages[0] and "checksum" in messages[0], messages
+    assert path in messages[0] and "damaged" in messages[0], messages
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's event loop, on errors
+def test_damage_anywhere_is_reported_or_harmless(tmp_path):
+    """Bytes flipped at random places of every file of a checkpoint, each file cut in half, each file deleted:
+    a restore either raises :class:`CheckpointCorruptError` or returns exactly what was saved, never other
+    values and never another exception."""
+    tree = {"w": jnp.arange(300, dtype=jnp.float32) * 1.5 + 0.25, "key": jax.random.key(3), "n": 7,
+            "mask": np.array([True, False])}
+    path = ckpt.save_checkpoint(tmp_path, 1, tree, metadata={"m": 1})
+    rng = random.Random(0)
+    outcomes = set()
+
+    def outcome():
+        try:
+            restored, meta = ckpt.restore_checkpoint(path, tree)
+        except ckpt.CheckpointCorruptError:
+            return "reported"
+        _assert_bitwise_equal(restored, tree)
+        assert meta == {"m": 1}
+        return "harmless"
+
+    files = sorted(p for p in pathlib.Path(path).rglob("*") if p.is_file())
+    assert len(files) >= 5, files
+    for file in files:
+        original = file.read_bytes()
+        for at in rng.sample(range(len(original)), min(4, len(original))):
+            damaged = bytearray(original)
+            damaged[at] ^= 0xFF
+            file.write_bytes(bytes(damaged))
+            outcomes.add(outcome())
+        file.write_bytes(original[: len(original) // 2])
+        outcomes.add(outcome())
+        file.unlink()
+        outcomes.add(outcome())
+        file.write_bytes(original)
+    assert outcome() == "harmless" and "reported" in outcomes
+
+
+def test_what_orbax_alone_cannot_do(tmp_path):
+    """Why two parts stay our own (module docstring): orbax refuses zero-size arrays and empty trees, and reads
+    back a flipped byte of array data without complaint. Our checkpoints store those and catch that."""
+    import orbax.checkpoint as ocp
+
+    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+    with pytest.raises(ValueError, match="zero size"):
+        checkpointer.save(tmp_path / "zero", args=ocp.args.PyTreeSave({"e": np.zeros((0, 2), np.float32)}))
+    with pytest.raises(ValueError, match="empty"):
+        checkpointer.save(tmp_path / "empty", args=ocp.args.PyTreeSave({}))
+    for tree in ({"e": np.zeros((0, 2), np.float32)}, {}, {"n": None}):
+        path = ckpt.save_checkpoint(tmp_path / "ours", 0, tree)
+        _assert_bitwise_equal(ckpt.restore_checkpoint(path, tree)[0], tree)
+
+    path = ckpt.save_checkpoint(tmp_path / "flip", 0, _values(2))
+    _flip_middle(_data_file(path))
+    (key,) = [spec["key"] for spec in json.loads((pathlib.Path(path) / ckpt.ORBAX_STEP_METADATA).read_text())
+              ["custom_metadata"][ckpt.MANIFEST_KEY]["leaves"].values()]
+    by_orbax = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+        restore_args={key: ocp.RestoreArgs(restore_type=np.ndarray)}))[key]
+    assert by_orbax.shape == (4096,) and not np.array_equal(by_orbax, np.asarray(_values(2)["x"]))  # silently wrong
+    with pytest.raises(ckpt.CheckpointCorruptError, match="checksum"):
+        ckpt.restore_checkpoint(path, _XS)
+
+
+def test_checkpoint_is_an_orbax_checkpoint(tmp_path):
+    """Orbax alone reads a checkpoint: the leaves as ``leaf_<i>`` arrays in flattening order, the manifest (paths,
+    specs, checksums, metadata) in its step metadata."""
+    import orbax.checkpoint as ocp
+
+    tree = {"b": np.arange(3, dtype=np.int32), "a": {"w": jnp.ones((2, 2)), "key": jax.random.key(5)}}
+    path = ckpt.save_checkpoint(tmp_path, 3, tree, metadata={"note": "x"})
+    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+    raw = checkpointer.restore(path)
+    manifest = checkpointer.metadata(path).custom_metadata[ckpt.MANIFEST_KEY]
+    assert manifest["step"] == 3 and json.loads(manifest["metadata"]) == {"note": "x"}
+    specs = manifest["leaves"]
+    assert list(specs) == ["['a']['key']", "['a']['w']", "['b']"]
+    assert [specs[p]["key"] for p in specs] == ["leaf_00000", "leaf_00001", "leaf_00002"] == sorted(raw)
+    np.testing.assert_array_equal(np.asarray(raw["leaf_00000"]), np.asarray(jax.random.key_data(tree["a"]["key"])))
+    np.testing.assert_array_equal(np.asarray(raw["leaf_00002"]), tree["b"])
+    assert specs["['a']['key']"]["kind"] == "key" and specs["['b']"]["sha256"] is not None
 
 
 # --------------------------------------------------------------------------- atomic writes
 #
-# The documented protocol: the bytes go to a temporary file in the same directory, which is
-# fsync-ed and then renamed onto the final name with os.replace. A writer that wrote straight
-# to the final name would expose a partial file (or clobber the previous one) whenever the
-# process dies mid-write; these tests fail for it.
+# The documented protocol: orbax writes a staging directory in the same directory, whose files are
+# fsync-ed; then it gets the final name in one step: os.replace for a new step, an atomic exchange of
+# the two names for an existing one. A writer that wrote straight to the final name would expose a
+# partial checkpoint (or clobber the previous one) whenever the process dies mid-write; these tests
+# fail for it.
 
 _X = {"x": jnp.zeros((), jnp.float32)}
 
@@ -188,38 +332,116 @@ def _value_at(path) -> float:
     return float(ckpt.restore_checkpoint(path, _X)[0]["x"])
 
 
-def test_save_writes_a_complete_temporary_file_then_os_replace_onto_the_final_name(tmp_path, monkeypatch):
-    """Re-saving step 4: ``os.replace`` is called once, from a ``.tmp-step_`` file in the same directory that
-    already holds the complete new checkpoint, onto ``step_00000004``, which until then still holds the old one."""
-    final = ckpt.save_checkpoint(tmp_path, 4, {"x": jnp.float32(1.0)})
+def _is_staging(path, tmp_path) -> bool:
+    return os.path.dirname(path) == str(tmp_path) and os.path.basename(path).startswith(".tmp-step_")
+
+
+def test_save_publishes_a_complete_staging_directory_with_one_os_replace(tmp_path, monkeypatch):
+    """Saving a new step 5: ``os.replace`` is called once, from a ``.tmp-step_`` directory in the same directory
+    that already holds the complete new checkpoint, onto ``step_00000005``, which did not exist until then."""
+    ckpt.save_checkpoint(tmp_path, 4, {"x": jnp.float32(1.0)})
     calls = []
     real_replace = os.replace
 
     def spy(src, dst):
         calls.append({"src": os.fspath(src), "dst": os.fspath(dst), "src_value": _value_at(src),
-                      "dst_value": _value_at(dst)})
+                      "dst_exists": os.path.exists(dst)})
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    final = ckpt.save_checkpoint(tmp_path, 5, {"x": jnp.float32(2.0)}, keep=None)
+    assert len(calls) == 1, calls
+    (call,) = calls
+    assert call["dst"] == final == str(tmp_path / "step_00000005") and _is_staging(call["src"], tmp_path)
+    assert call["src_value"] == 2.0 and not call["dst_exists"]  # complete new checkpoint, nothing clobbered
+    assert _value_at(final) == 2.0 and not os.path.exists(call["src"])
+    assert sorted(os.listdir(tmp_path)) == ["step_00000004", "step_00000005"]
+
+
+@pytest.mark.skipif(ckpt._renameat2() is None, reason="no renameat2 on this system (the fallback is tested below)")
+def test_resave_exchanges_the_complete_staging_directory_with_the_old_checkpoint(tmp_path, monkeypatch):
+    """Re-saving step 4: one atomic exchange of a complete ``.tmp-step_`` directory with ``step_00000004``, which
+    until then still holds the old checkpoint; no ``os.replace``; the old copy is deleted afterwards."""
+    final = ckpt.save_checkpoint(tmp_path, 4, {"x": jnp.float32(1.0)})
+    calls = []
+    real_exchange = ckpt._exchange
+
+    def spy(a, b):
+        calls.append({"a": a, "b": b, "a_value": _value_at(a), "b_value": _value_at(b)})
+        done = real_exchange(a, b)
+        calls[-1]["after"] = (_value_at(a), _value_at(b))
+        return done
+
+    def no_replace(src, dst):
+        raise AssertionError(f"os.replace({src}, {dst}) while an exchange is available")
+
+    monkeypatch.setattr(ckpt, "_exchange", spy)
+    monkeypatch.setattr(os, "replace", no_replace)
+    assert ckpt.save_checkpoint(tmp_path, 4, {"x": jnp.float32(2.0)}) == final
+    assert len(calls) == 1, calls
+    (call,) = calls
+    assert call["b"] == final and _is_staging(call["a"], tmp_path)
+    assert call["a_value"] == 2.0 and call["b_value"] == 1.0 and call["after"] == (1.0, 2.0)
+    assert _value_at(final) == 2.0 and sorted(os.listdir(tmp_path)) == ["step_00000004"]
+
+
+def test_resave_without_an_exchange_moves_the_old_one_aside_then_the_new_one_in(tmp_path, monkeypatch):
+    """Where the system has no atomic exchange: two renames (old aside to a ``.tmp-step_`` name, new in), the old
+    copy deleted; if the second rename fails, the old checkpoint is put back."""
+    monkeypatch.setattr(ckpt, "_renameat2", lambda: None)
+    final = ckpt.save_checkpoint(tmp_path, 4, {"x": jnp.float32(1.0)})
+    calls = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        calls.append((os.fspath(src), os.fspath(dst)))
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", spy)
     assert ckpt.save_checkpoint(tmp_path, 4, {"x": jnp.float32(2.0)}) == final
-    assert len(calls) == 1, calls
-    (call,) = calls
-    assert call["dst"] == final
-    assert os.path.dirname(call["src"]) == str(tmp_path) and os.path.basename(call["src"]).startswith(".tmp-step_")
-    assert call["src_value"] == 2.0 and call["dst_value"] == 1.0  # complete new file; old one untouched until then
-    assert _value_at(final) == 2.0 and not os.path.exists(call["src"])
-    assert sorted(os.listdir(tmp_path)) == ["step_00000004"]
+    assert len(calls) == 2 and calls[0][0] == final and calls[1][1] == final, calls
+    assert _is_staging(calls[0][1], tmp_path) and _is_staging(calls[1][0], tmp_path)
+    assert _value_at(final) == 2.0 and sorted(os.listdir(tmp_path)) == ["step_00000004"]
+
+    def second_fails(src, dst):
+        calls.append((src, dst))
+        if len(calls) % 2 == 0 and os.fspath(dst) == final:
+            raise OSError("simulated failure of the second rename")
+        return real_replace(src, dst)
+
+    calls.clear()
+    monkeypatch.setattr(os, "replace", second_fails)
+    with pytest.raises(OSError, match="second rename"):
+        ckpt.save_checkpoint(tmp_path, 4, {"x": jnp.float32(3.0)})
+    assert _value_at(final) == 2.0 and sorted(os.listdir(tmp_path)) == ["step_00000004"]
+
+
+def test_exchange_swaps_two_directories(tmp_path):
+    """``_exchange`` swaps two names in one step where the system can (Linux), and changes nothing where not."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_text("a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "f").write_text("b")
+    swapped = ckpt._exchange(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert swapped == (ckpt._renameat2() is not None)
+    assert (tmp_path / "a" / "f").read_text() == ("b" if swapped else "a")
+    assert (tmp_path / "b" / "f").read_text() == ("a" if swapped else "b")
+    if swapped:
+        with pytest.raises(FileNotFoundError):
+            ckpt._exchange(str(tmp_path / "a"), str(tmp_path / "missing"))
 
 
 def test_failed_rename_leaves_the_previous_checkpoint_intact_and_no_partial_file(tmp_path, monkeypatch):
-    """A save that dies at the rename (``os.replace`` raises) changes nothing visible: the old step 4 restores,
-    there is no step 5, the temporary file is removed, and ``restore_latest`` finds step 4 without a warning."""
+    """A save that dies at the rename (``os.replace`` or the exchange raises) changes nothing visible: the old
+    step 4 restores, there is no step 5, the staging directory is removed, and ``restore_latest`` finds step 4
+    without a warning."""
     ckpt.save_checkpoint(tmp_path, 4, {"x": jnp.float32(1.0)})
 
     def fail(src, dst):
         raise OSError("simulated crash at the rename")
 
     monkeypatch.setattr(os, "replace", fail)
+    monkeypatch.setattr(ckpt, "_exchange", fail)
     for step in (4, 5):  # over an existing checkpoint, and a new step
         with pytest.raises(OSError, match="simulated crash"):
             ckpt.save_checkpoint(tmp_path, step, {"x": jnp.float32(2.0)})
@@ -270,17 +492,35 @@ def test_mismatch_errors_name_the_leaf_and_both_shapes(tmp_path):
         ckpt.restore_checkpoint(p2, {"raw_key": jax.random.key(0)})  # raw uint32 into a typed key
 
 
-def test_subtree_restores_one_part_and_ignores_the_rest(tmp_path):
-    """``subtree=".meta_params"`` reads the parameters of a saved state whatever its other leaves are."""
+def test_subtree_restores_one_part_and_ignores_the_rest(tmp_path, monkeypatch):
+    """``subtree=".meta_params"`` reads the parameters of a saved state whatever its other leaves are; orbax is
+    asked for those arrays only."""
     from metarl_jax.algorithms.maml import MetaTrainState
 
     params = {"policy": {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}}
     state = MetaTrainState(params, optax.adam(1e-3).init(params), jax.random.PRNGKey(3), jnp.array(7, jnp.int32))
     ckpt.save_checkpoint(tmp_path, 7, state)
     target = jax.tree.map(jnp.zeros_like, params)
+    asked = []
+    real_checkpointer = ckpt._checkpointer
+
+    class Spy:
+        def __init__(self):
+            self._real = real_checkpointer()
+
+        def metadata(self, path):
+            return self._real.metadata(path)
+
+        def restore(self, path, args):
+            asked.append(sorted(args.restore_args))
+            return self._real.restore(path, args=args)
+
+    monkeypatch.setattr(ckpt, "_checkpointer", Spy)
     step, restored, _ = ckpt.restore_latest(tmp_path, target, subtree=".meta_params")
     assert step == 7
     _assert_bitwise_equal(restored, params)
+    assert asked == [["leaf_00000", "leaf_00001"]]  # of the saved leaves' 7 arrays: the two parameters
+    monkeypatch.undo()
     restored2, _ = ckpt.restore_checkpoint(ckpt.list_checkpoints(tmp_path)[-1][1], target, subtree=".meta_params")
     _assert_bitwise_equal(restored2, params)
     with pytest.raises(ValueError, match="subtree='.params' is invalid"):
@@ -406,3 +646,97 @@ def test_liveness_probe_sends_signal_zero_only(monkeypatch):
     monkeypatch.setattr(ckpt.os, "kill", fake_kill)
     assert ckpt._pid_alive(1) is True and ckpt._pid_alive(2) is False and ckpt._pid_alive(3) is True
     assert calls == [(1, 0), (2, 0), (3, 0)]
+
+
+def test_files_of_the_format_before_orbax_are_reported_not_read(tmp_path):
+    """A directory holding only checkpoint files of the earlier single-file format: nothing to restore, with a
+    warning saying why; reading such a file names it."""
+    (tmp_path / "step_00000003").write_bytes(b"METARL_JAX_CKPT\n" + bytes(40))
+    assert ckpt.latest_checkpoint(tmp_path) is None
+    with pytest.warns(RuntimeWarning, match="format before orbax"):
+        assert ckpt.restore_latest(tmp_path, _X) is None
+    with pytest.raises(ckpt.CheckpointCorruptError, match="format before orbax"):
+        ckpt.restore_checkpoint(tmp_path / "step_00000003", _X)
+    # saving over it replaces the file with a checkpoint directory
+    path = ckpt.save_checkpoint(tmp_path, 3, {"x": jnp.float32(3.0)})
+    assert os.path.isdir(path) and _value_at(path) == 3.0 and sorted(os.listdir(tmp_path)) == ["step_00000003"]
+
+
+def test_orbax_is_imported_on_first_use_only(monkeypatch):
+    """The module imports without orbax-checkpoint (import time; the GPU image may lack it), and a save without it
+    says what to install. The training loop reaches orbax only through this module."""
+    import importlib.util
+
+    for name in [n for n in sys.modules if n == "orbax" or n.startswith("orbax.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "orbax", None)  # any import of orbax now fails
+    spec = importlib.util.spec_from_file_location("checkpoint_without_orbax", ckpt.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(ImportError, match="pip install 'orbax-checkpoint"):
+        module.save_checkpoint(os.devnull + "-never", 0, {"x": jnp.zeros(())})
+    loop_source = (REPO / "metarl_jax" / "training" / "loop.py").read_text()
+    assert "orbax" not in loop_source and "checkpoint as ckpt" in loop_source
+
+
+# --------------------------------------------------------------------------- two processes
+
+TWO_PROCESSES = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, {repo!r})
+    import jax
+    process, port, directory = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    jax.distributed.initialize(coordinator_address=f"localhost:{{port}}", num_processes=2, process_id=process)
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec
+    from metarl_jax.training import checkpoint as ckpt
+
+    if process != 0:  # only process 0 touches the directory's names (orbax writes this process's shards)
+        def forbidden(*args, **kwargs):
+            raise AssertionError("process 1 renamed, pruned or deleted checkpoint files")
+        for name in ("_publish", "_discard", "_remove_stale_temporaries", "_fsync_tree"):
+            setattr(ckpt, name, forbidden)
+    sharding = NamedSharding(jax.make_mesh((2,), ("x",), devices=jax.devices()), PartitionSpec("x"))
+    full = np.arange(12, dtype=np.float32).reshape(4, 3)
+
+    def state(scale):
+        return {{"global": jax.make_array_from_callback((4, 3), sharding, lambda index: scale * full[index]),
+                 "keys": jax.jit(lambda: jax.random.split(jax.random.key(scale), 4), out_shardings=sharding)(),
+                 "local": np.full(3, process, np.int32), "step": 5 + process}}
+
+    ckpt.save_checkpoint(directory, 1, state(1), {{"process": process}})
+    ckpt.save_checkpoint(directory, 1, state(1), {{"process": process}})  # over an existing step
+    ckpt.save_checkpoint(directory, 2, state(1), {{"process": process}}, keep=1)
+    assert sorted(os.listdir(directory)) == ["step_00000002"], os.listdir(directory)
+    step, restored, meta = ckpt.restore_latest(directory, state(0))
+    assert step == 2 and meta == {{"process": 0}}
+    assert restored["local"].tolist() == [0, 0, 0] and restored["step"] == 5  # process 0's values
+    assert restored["global"].sharding == sharding
+    for shard in restored["global"].addressable_shards:  # this process's rows
+        np.testing.assert_array_equal(np.asarray(shard.data), full[shard.index])
+    np.testing.assert_array_equal(np.asarray(jax.random.key_data(restored["keys"]).addressable_shards[0].data),
+                                  np.asarray(jax.random.key_data(state(1)["keys"]).addressable_shards[0].data))
+    print("ok", process, flush=True)
+    """
+)
+
+
+def test_two_processes_save_one_checkpoint_written_by_process_0(tmp_path):
+    """``jax.process_count() == 2`` (two CPU processes): each writes the shards of a sharded array it holds,
+    process 0 alone writes the rest (its own process-local values), the metadata and the directory's names."""
+    helper = tmp_path / "two.py"
+    helper.write_text(TWO_PROCESSES.format(repo=str(REPO)))
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = str(probe.getsockname()[1])
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, str(helper), str(i), port, str(tmp_path / "ckpts")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outputs = [proc.communicate(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    for i, (proc, (out, err)) in enumerate(zip(procs, outputs)):
+        assert proc.returncode == 0 and f"ok {i}" in out, err[-3000:]

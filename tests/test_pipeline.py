@@ -243,6 +243,19 @@ def test_deploy_cli_errors_are_clear(args, message, trained_run, tmp_path, capsy
     assert message in err and "Traceback" not in err, err
 
 
+def test_load_run_takes_one_checkpoint_directory(trained_run):
+    """A checkpoint is a ``step_<digits>`` directory: ``load_run`` takes one as it takes the run directory."""
+    from metarl_jax.deploy import load_run
+    from metarl_jax.training import checkpoint
+
+    one = checkpoint.latest_checkpoint(os.path.join(trained_run, "checkpoints"))
+    assert os.path.isdir(one)
+    by_step, by_run = load_run(one + os.sep), load_run(trained_run)
+    assert os.path.normpath(by_step.checkpoint) == by_run.checkpoint == one and by_step.run_dir == by_run.run_dir
+    for a, b in zip(jax.tree.leaves(by_step.meta_params), jax.tree.leaves(by_run.meta_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 # --------------------------------------------------------------------------- MetaRL
 
 

@@ -5,7 +5,7 @@
     python -m experiments.deploy --checkpoint runs/maml_tabular_mdp/<timestamp> --task sample --seed 3
 
 ``--checkpoint`` is a run directory written by an experiment (``runs/<name>/<timestamp>``, its
-latest checkpoint is used), its ``checkpoints/`` directory, or one ``step_<digits>`` file; the
+latest checkpoint is used), its ``checkpoints/`` directory, or one ``step_<digits>`` checkpoint; the
 run's ``config.json`` rebuilds the learner. ``--task`` is ``sample`` (one task drawn from the
 family with ``--seed``) or the task's numbers: the goal ``x,y`` for navigation, the arm
 probabilities ``p1,...,pK`` for a bandit. Prints a table per round and writes ``deploy.json``,
@@ -34,7 +34,7 @@ class DeployConfig:
     """Online adaptation of a meta-trained policy on one task, round by round."""
 
     checkpoint: str
-    """run directory (runs/<name>/<timestamp>), its checkpoints/ directory, or a step_<digits> file"""
+    """run directory (runs/<name>/<timestamp>), its checkpoints/ directory, or one step_<digits> checkpoint"""
     task: str = "sample"
     """'sample', or the task's numbers: navigation goal 'x,y'; bandit arm probabilities 'p1,...,pK'"""
     rounds: int = 10

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
     from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
     from metarl_jax.algorithms.maml import MAMLConfig, init_meta_params, make_meta_gradient
     from metarl_jax.networks import GaussianPolicy
-    from metarl_jax.training.sharding import make_sharded, replicate, shard_tasks, task_mesh
+    from metarl_jax.sharding import make_sharded, replicate, shard_tasks, task_mesh
     from metarl_jax.tasks import Navigation2D, sample_tasks
 
     env = Navigation2D(horizon=20)

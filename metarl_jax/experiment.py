@@ -27,6 +27,7 @@ from metarl_jax.algorithms.maml import MAMLConfig, auto_task_chunk, init_meta_pa
 from metarl_jax.networks import make_policy_for
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks import FAMILY_NAMES, make_family, sample_tasks
+from metarl_jax.training import distributed
 from metarl_jax.training.loop import TrainConfig, meta_train
 
 
@@ -111,6 +112,14 @@ class MAMLExperimentConfig:
     run_dir: str | None = None
     """resume this run directory instead of starting a new one"""
     name: str = "maml"
+    devices: int | None = None
+    """devices the meta-batch is split over: None (every device, every host's) or the first n (execution only)"""
+    coordinator_address: str | None = None
+    """several hosts: process 0's 'host:port', the same on every host (else $JAX_COORDINATOR_ADDRESS)"""
+    num_processes: int | None = None
+    """several hosts: number of processes, one per host (else $JAX_NUM_PROCESSES)"""
+    process_id: int | None = None
+    """several hosts: this host's process, 0 .. num_processes - 1; process 0 writes the files (else $JAX_PROCESS_ID)"""
 
     def __post_init__(self):
         _require(self.task in FAMILY_NAMES, "task", self.task, f"allowed values are {FAMILY_NAMES}")
@@ -128,6 +137,7 @@ class MAMLExperimentConfig:
         _require(self.task_chunk is None or self.task_chunk == "auto"
                  or (isinstance(self.task_chunk, int) and not isinstance(self.task_chunk, bool) and self.task_chunk >= 1),
                  "task_chunk", self.task_chunk, "allowed values are 'auto', None or an integer >= 1")
+        distributed.resolve(self.coordinator_address, self.num_processes, self.process_id)
         # Building the sub-configs validates every remaining field with its own message.
         self.pg_config()
         if self.learner == "ac":
@@ -186,7 +196,7 @@ class MAMLExperimentConfig:
         return TrainConfig(num_iterations=self.num_iterations, meta_batch=self.meta_batch, outer_lr=self.outer_lr,
                            seed=self.seed, iterations_per_call=self.iterations_per_call,
                            checkpoint_every=self.checkpoint_every, on_nonfinite=self.on_nonfinite,
-                           max_grad_norm=self.max_grad_norm, lr_schedule=self.lr_schedule)
+                           max_grad_norm=self.max_grad_norm, lr_schedule=self.lr_schedule, devices=self.devices)
 
 
 def _build_pg(config: MAMLExperimentConfig, family):
@@ -335,13 +345,23 @@ def navigation_paths(family, learner, maml_config, meta_params, seed: int, num_t
 
 
 def run(config: MAMLExperimentConfig, progress: bool = True) -> dict:
-    """Meta-train, evaluate, print the table and write every artefact. Returns the summary."""
+    """Meta-train, evaluate, print the table and write every artefact. Returns the summary.
+
+    Several hosts (``coordinator_address``, ``num_processes``, ``process_id``, or their
+    environment variables; :mod:`metarl_jax.training.distributed`, which must start before
+    the library is imported: ``python -m experiments.*`` does so): every process trains;
+    process 0 alone evaluates and writes files, the others return ``{"iterations", "process_index"}``.
+    """
+    distributed.initialize(config.coordinator_address, config.num_processes, config.process_id)
     family, learner, maml_config, train_config = build(config)
+    sample = lambda key: sample_tasks(family, key, train_config.meta_batch)
+    if jax.process_index() != 0:
+        state, _ = meta_train(learner, maml_config, train_config, sample, None, progress=False)
+        return {"iterations": int(state.step), "process_index": jax.process_index()}
     run_dir = new_run_dir(config)
     os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(config))
     print(f"run directory: {run_dir}  (jax {jax.__version__} on {jax.devices()[0].platform})")
-    sample = lambda key: sample_tasks(family, key, train_config.meta_batch)
     state, history = meta_train(learner, maml_config, train_config, sample, run_dir, progress=progress)
     result = evaluate(config, family, learner, maml_config, state.meta_params)
     result["run_dir"] = run_dir

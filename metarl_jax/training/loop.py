@@ -23,6 +23,7 @@ checkpointed state and ``metrics.jsonl`` is cut back to the checkpointed iterati
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -33,8 +34,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from metarl_jax import sharding
 from metarl_jax.training import checkpoint as ckpt
 from metarl_jax.algorithms import outer
 from metarl_jax.learners.pg import _require
@@ -80,6 +83,10 @@ class TrainConfig:
         the meta-objective (docs/benchmarks.md, "Training that does not decay"). The schedule's
         step count is part of the optimizer state: a resumed run continues it.
       final_lr_fraction: the cosine schedule's last step size as a fraction of ``outer_lr``.
+      devices: devices the task axis is split over (:func:`run_loop`): ``None`` every device JAX
+        sees (with ``jax.distributed``, every host's), an integer ``n`` the first ``n``
+        (``jax.devices()[:n]``; checked against the device count when the run starts). Execution
+        only: results equal a one-device run's up to float rounding.
     """
 
     num_iterations: int = 100
@@ -93,6 +100,7 @@ class TrainConfig:
     max_grad_norm: float | None = None
     lr_schedule: str = "constant"
     final_lr_fraction: float = 0.1
+    devices: int | None = None
 
     def __post_init__(self):
         _require(int(self.num_iterations) >= 1, "num_iterations", self.num_iterations, "must be an integer >= 1")
@@ -110,6 +118,9 @@ class TrainConfig:
                  f"allowed values are {LR_SCHEDULES}")
         _require(0.0 <= self.final_lr_fraction <= 1.0, "final_lr_fraction", self.final_lr_fraction,
                  "must be in [0, 1]")
+        _require(self.devices is None or (isinstance(self.devices, (int, np.integer)) and not isinstance(self.devices, bool)
+                                          and self.devices >= 1),
+                 "devices", self.devices, "must be None (every device) or an integer >= 1 (the first n devices)")
 
 
 def outer_learning_rate(config: TrainConfig):
@@ -128,10 +139,14 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 def make_multi_step(step_fn: Callable, num_steps: int) -> Callable:
-    """``state -> (state, metrics stacked over num_steps)``: a ``lax.scan`` of the meta-iteration."""
+    """``state -> (state, metrics stacked over num_steps)``: a ``lax.scan`` of the meta-iteration.
+
+    Under a task mesh (:func:`run_loop` with several devices) both outputs are replicated
+    (:func:`metarl_jax.sharding.constrain_replicated`), so every process can read them.
+    """
 
     def multi_step(state):
-        return jax.lax.scan(lambda s, _: step_fn(s), state, None, length=num_steps)
+        return sharding.constrain_replicated(jax.lax.scan(lambda s, _: step_fn(s), state, None, length=num_steps))
 
     return multi_step
 
@@ -247,6 +262,18 @@ def run_loop(
     the structure) with ``metrics.jsonl`` cut back to its iteration; ``history``
     then holds the recorded iterations too. ``stop_after`` ends this call after
     that many iterations (to simulate an interruption).
+
+    Devices: ``train_config.devices`` (:func:`metarl_jax.sharding.select_devices`) form a
+    :func:`metarl_jax.sharding.task_mesh`; with more than one, the state is replicated over it
+    and the scan is traced and run under ``jax.set_mesh(mesh)``, so
+    :func:`metarl_jax.algorithms.maml.map_tasks` splits every algorithm's task axis over the
+    devices; the returned state (and a :class:`NonFiniteGradientError`'s) is this process's
+    one-device copy, as in a one-device run. With one device nothing changes. Several
+    processes (``jax.distributed``, :mod:`metarl_jax.training.distributed`): each calls
+    ``run_loop`` with the same arguments; process 0 alone reads and writes ``run_dir``
+    (the others may pass any ``run_dir`` or ``None``; they write nothing and show no progress
+    bar), and its state, a restored checkpoint included, is broadcast to the others before
+    the first iteration. Their ``history`` holds only the iterations they ran.
     """
     _require(callable(step_fn), "step_fn", step_fn, "must be a callable state -> (state, metrics)")
     _require(isinstance(train_config, TrainConfig), "train_config", train_config, "must be a TrainConfig")
@@ -258,6 +285,10 @@ def run_loop(
     metadata = {} if metadata is None else metadata
     _state_step(init_state)
     state = _commit(init_state)
+    mesh = sharding.task_mesh(sharding.select_devices(train_config.devices))
+    spread = mesh.devices.size > 1
+    writer = jax.process_index() == 0  # with several processes, only process 0 touches run_dir
+    run_dir = run_dir if writer else None
 
     metrics_path = ckpt_dir = None
     if run_dir is not None:
@@ -269,17 +300,23 @@ def run_loop(
             _, state, _ = restored
         _truncate_metrics(metrics_path, _state_step(state))
     history = read_metrics(run_dir) if run_dir is not None else []
+    if jax.process_count() > 1:  # every process continues from process 0's (possibly restored) state
+        state = multihost_utils.broadcast_one_to_all(state)
+    if spread:
+        state = sharding.replicate(state, mesh)
+    on_mesh = functools.partial(jax.set_mesh, mesh) if spread else contextlib.nullcontext  # set on entry, undone on exit
 
     start = _state_step(state)
     total = int(train_config.num_iterations)
     end = total if stop_after is None else min(total, start + int(stop_after))
-    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress or not writer, dynamic_ncols=True)
     last_saved = start
     iteration = start
     while iteration < end:
         chunk = min(int(train_config.iterations_per_call), end - iteration)  # never run past the end
         t0 = time.perf_counter()
-        new_state, metrics = jit_multi_step(step_fn, chunk)(state)
+        with on_mesh():
+            new_state, metrics = jit_multi_step(step_fn, chunk)(state)
         metrics = jax.device_get(metrics)
         elapsed = time.perf_counter() - t0
         if train_config.on_nonfinite == "stop":
@@ -293,7 +330,7 @@ def run_loop(
                 raise NonFiniteGradientError(
                     f"non-finite meta-gradient at iteration {bad}: training stopped; "
                     f"last good checkpoint: {where or 'none saved'} (set on_nonfinite='skip' to skip such updates)",
-                    last_good_state=state, history=list(history),
+                    last_good_state=sharding.local_copy(state) if spread else state, history=list(history),
                 )
         new_step = _state_step(new_state)
         _require(new_step == iteration + chunk, "step_fn", step_fn,
@@ -318,7 +355,7 @@ def run_loop(
                                  keep=train_config.keep_checkpoints)
             last_saved = iteration
     bar.close()
-    return state, history
+    return (sharding.local_copy(state) if spread else state), history
 
 
 def meta_train(

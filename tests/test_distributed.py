@@ -2,7 +2,8 @@
 
 Two processes with two virtual CPU devices each run the few MAML iterations of
 ``test_sharding.tiny_maml_run`` over all four devices; each must end with the
-parameters of a one-process, one-device run, and only process 0 writes files.
+parameters of a one-process, one-device run, only process 0 reads or writes files,
+and the others continue from process 0's state.
 """
 
 import json
@@ -17,8 +18,9 @@ import numpy as np
 import pytest
 
 from metarl_jax.experiment import MAMLExperimentConfig
-from metarl_jax.training import distributed
-from test_sharding import REPO, flat_params, tiny_maml_run
+from metarl_jax.training import checkpoint, distributed
+from metarl_jax.training.loop import run_loop
+from test_sharding import REPO, flat_params, tiny_maml_setup
 
 WORKER = textwrap.dedent(
     """
@@ -88,21 +90,30 @@ def _result(stdout: str) -> dict:
 
 
 def test_two_processes_give_the_one_process_run(tmp_path):
-    """2 processes x 2 devices (gloo on localhost) = a one-device run; process 1 writes no files."""
+    """2 processes x 2 devices (gloo on localhost) = a one-device run; process 1 reads and writes no files.
+
+    Process 0's run directory holds a checkpoint of another initial state (``seed=1``) at
+    iteration 0: process 0 resumes from it and process 1, which has no run directory and
+    would start from ``seed=0``, must continue from process 0's state too.
+    """
     t0 = time.perf_counter()
+    step, start, train_config = tiny_maml_setup(devices=1, seed=1)
+    run_dirs = [tmp_path / "process0", tmp_path / "process1"]
+    checkpoint.save_checkpoint(run_dirs[0] / "checkpoints", 0, start, {"iteration": 0})
     port = _free_port()
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     base = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
     base.update(XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
     envs = [dict(base), dict(base, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                              JAX_PROCESS_ID="1")]
-    run_dirs = [tmp_path / "process0", tmp_path / "process1"]
     commands = [[sys.executable, "-c", WORKER, str(i), str(port), str(run_dirs[i])] for i in range(2)]
     procs = _start(commands, envs)
     try:  # meanwhile, the reference in this process: one device, no distributed runtime
-        expected = flat_params(tiny_maml_run(devices=1)[0])
+        reference, _ = run_loop(step, start, train_config, None, progress=False)
     finally:
         outputs = _wait(procs, timeout=240)
+
+    expected = flat_params(reference)
     results = [_result(out) for _, out, _ in outputs]
     assert [r["process"] for r in results] == [0, 1]
     diffs = []
@@ -114,7 +125,8 @@ def test_two_processes_give_the_one_process_run(tmp_path):
     assert not run_dirs[1].exists()  # process 1 wrote nothing
     with open(run_dirs[0] / "metrics.jsonl") as f:
         assert [json.loads(line)["iteration"] for line in f] == [0, 1, 2]
-    assert os.listdir(run_dirs[0] / "checkpoints")
+    saved = sorted(name for name in os.listdir(run_dirs[0] / "checkpoints") if name.startswith("step_"))
+    assert saved == ["step_00000000", "step_00000003"]  # the one it resumed from and process 0's final one
     print(f"largest difference to one process: {max(diffs):.3g}; test {time.perf_counter() - t0:.1f} s")
 
 

@@ -27,12 +27,13 @@ from metarl_jax.training.loop import TrainConfig, run_loop
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_maml_run(devices=None, run_dir=None, num_iterations=3, meta_batch=4):
+def tiny_maml_setup(devices=None, num_iterations=3, meta_batch=4, seed=0):
     """A few second-order (DiCE) MAML iterations on 2D navigation, small enough to compile in seconds.
 
-    Returns ``(final state, history, step_fn, init_state)`` of :func:`run_loop` with
-    ``TrainConfig(devices=devices)``. Also run by the subprocesses of the multi-device tests
-    (``tests/`` on their ``sys.path``), so every run builds the same program.
+    Returns ``(step_fn, init_state, train_config)`` for :func:`run_loop`, with
+    ``TrainConfig(devices=devices)`` and the initial state from ``PRNGKey(seed)``. Also built by
+    the subprocesses of the multi-device tests (``tests/`` on their ``sys.path``), so every run
+    compiles the same program.
     """
     env = Navigation2D(horizon=8)
     learner = PolicyGradientLearner(env, GaussianPolicy(2, hidden_sizes=(8,)),
@@ -42,7 +43,13 @@ def tiny_maml_run(devices=None, run_dir=None, num_iterations=3, meta_batch=4):
                                checkpoint_every=num_iterations, devices=devices)
     optimizer = optax.adam(1e-2)
     step = make_meta_train_step(learner, maml_config, optimizer, lambda key: sample_tasks(env, key, meta_batch))
-    init = init_train_state(jax.random.PRNGKey(0), learner, maml_config, optimizer)
+    init = init_train_state(jax.random.PRNGKey(seed), learner, maml_config, optimizer)
+    return step, init, train_config
+
+
+def tiny_maml_run(devices=None, run_dir=None, **kwargs):
+    """:func:`run_loop` of :func:`tiny_maml_setup`: ``(final state, history, step_fn, init_state)``."""
+    step, init, train_config = tiny_maml_setup(devices, **kwargs)
     state, history = run_loop(step, init, train_config, run_dir, progress=False)
     return state, history, step, init
 

@@ -15,7 +15,9 @@ Two ways to use it:
   per-task work with :func:`metarl_jax.algorithms.maml.map_tasks`, which splits the task
   axis with :func:`split_task_axis` / :func:`merge_task_axis`
   (``jax.lax.with_sharding_constraint`` against that ambient mesh). Without a mesh, or
-  with a one-device one, these are the identity.
+  with a one-device one, these are the identity. ``MAMLConfig.accumulate_chunks``
+  differentiates its chunks outside ``map_tasks``: they are not split (every device
+  computes every chunk; the results are the same).
 * Around a function of ``(meta_params, tasks, key)``: :func:`make_sharded` jits it with
   the tasks placed by :func:`shard_tasks` and everything else replicated.
 

@@ -31,6 +31,7 @@ from metarl_jax.algorithms.outer import ProMPConfig, TRPOConfig, promp, trpo
 from metarl_jax.networks import make_policy_for
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks import FAMILY_NAMES, make_family, sample_tasks
+from metarl_jax.training import distributed
 from metarl_jax.training.loop import TrainConfig, make_optimizer
 from metarl_jax.training.loop import run as training_run
 from metarl_jax.validation import check_bool, check_choice, check_int, check_int_sequence, check_optional_int, check_optional_real, check_real, is_int, require
@@ -132,6 +133,15 @@ class MAMLExperimentConfig:
     num_outer_steps: int = 5
     """promp: optimizer steps on each sampled meta-batch"""
 
+    devices: int | None = None
+    """devices the meta-batch is split over: None (every device, every host's) or the first n (execution only)"""
+    coordinator_address: str | None = None
+    """several hosts: process 0's 'host:port', the same on every host (else $JAX_COORDINATOR_ADDRESS)"""
+    num_processes: int | None = None
+    """several hosts: number of processes, one per host (else $JAX_NUM_PROCESSES)"""
+    process_id: int | None = None
+    """several hosts: this host's process, 0 .. num_processes - 1; process 0 writes the files (else $JAX_PROCESS_ID)"""
+
     def __post_init__(self):
         check_choice("algorithm", self.algorithm, tuple(ALGORITHMS))
         require(self.algorithm not in ("trpo", "promp") or self.learner != "q", "algorithm", self.algorithm,
@@ -155,6 +165,7 @@ class MAMLExperimentConfig:
         check_optional_real("inner_lr", self.inner_lr, minimum=0.0, min_open=True)
         for name in ("gae_lambda", "value_coef", "entropy_coef", "epsilon", "temperature"):
             check_real(name, getattr(self, name))  # finite; the ranges are checked by the learner's own config
+        distributed.resolve(self.coordinator_address, self.num_processes, self.process_id)
         # Building the sub-configs validates every remaining field with its own message.
         self.pg_config()
         if self.learner == "ac":
@@ -222,7 +233,7 @@ class MAMLExperimentConfig:
         return TrainConfig(num_iterations=self.num_iterations, meta_batch=self.meta_batch, outer_lr=self.outer_lr,
                            seed=self.seed, iterations_per_call=self.iterations_per_call,
                            checkpoint_every=self.checkpoint_every, on_nonfinite=self.on_nonfinite,
-                           max_grad_norm=self.max_grad_norm, lr_schedule=self.lr_schedule)
+                           max_grad_norm=self.max_grad_norm, lr_schedule=self.lr_schedule, devices=self.devices)
 
 
 def _build_pg(config: MAMLExperimentConfig, family):
@@ -418,8 +429,18 @@ def navigation_paths(family, learner, maml_config, meta_params, seed: int, num_t
 
 
 def run(config: MAMLExperimentConfig, progress: bool = True) -> dict:
-    """Meta-train, evaluate, print the table and write every artefact. Returns the summary."""
+    """Meta-train, evaluate, print the table and write every artefact. Returns the summary.
+
+    Several hosts (``coordinator_address``, ``num_processes``, ``process_id``, or their
+    environment variables; :mod:`metarl_jax.training.distributed`, which must start before
+    the library is imported: ``python -m experiments.*`` does so): every process trains;
+    process 0 alone evaluates and writes files, the others return ``{"iterations", "process_index"}``.
+    """
+    distributed.initialize(config.coordinator_address, config.num_processes, config.process_id)
     family, learner, maml_config, train_config = build(config)
+    if jax.process_index() != 0:
+        state, _ = training_run(build_algorithm(config), train_config, None, progress=False)
+        return {"iterations": int(state.step), "process_index": jax.process_index()}
     run_dir = new_run_dir(config)
     os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(config))

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from metarl_jax import losses
+from metarl_jax import sharding
 from metarl_jax.algorithms.base import MetaAlgorithm, MetaTrainState, keep_if_finite, tree_all_finite
 from metarl_jax.algorithms.inner import AdaptInfo, adapt
 from metarl_jax.learners.base import ESTIMATORS
@@ -200,15 +201,33 @@ def map_tasks(fn: Callable, xs, num_tasks: int, task_chunk: int | None):
     ``None`` (or a chunk >= ``num_tasks``): one ``vmap``. Otherwise chunks of
     ``task_chunk`` tasks, each vmapped: a Python loop (separate buffers per chunk)
     up to ``TASK_CHUNK_UNROLL_LIMIT`` chunks, ``lax.map`` beyond.
+
+    Under a mesh whose ``"tasks"`` axis has ``d > 1`` devices (``jax.set_mesh``, as
+    :func:`metarl_jax.training.loop.run_loop` does; :func:`metarl_jax.sharding.task_shard_count`)
+    the task axis is split over them: :func:`metarl_jax.sharding.split_task_axis` turns the
+    ``N`` tasks into ``d`` consecutive blocks of ``ceil(N / d)`` (padded with copies of the
+    last task, whose outputs are dropped, when ``d`` does not divide ``N``), block ``i`` on
+    device ``i``, and each device maps its own block as above. So ``task_chunk`` is the
+    chunk size *on each device*: a chunk never spans two devices, and slicing chunks moves
+    no data between them. Results equal the one-device ones up to float rounding.
     """
-    if task_chunk is None or task_chunk >= num_tasks:
-        return jax.vmap(fn)(xs)
-    chunk = int(task_chunk)
-    starts = range(0, num_tasks, chunk)
-    if len(starts) > TASK_CHUNK_UNROLL_LIMIT:
-        return jax.lax.map(fn, xs, batch_size=chunk)
-    outs = [jax.vmap(fn)(jax.tree.map(lambda x, s=s: x[s:s + chunk], xs)) for s in starts]
-    return jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=0), *outs)
+
+    def on_one_device(block, n: int):
+        if task_chunk is None or task_chunk >= n:
+            return jax.vmap(fn)(block)
+        chunk = int(task_chunk)
+        starts = range(0, n, chunk)
+        if len(starts) > TASK_CHUNK_UNROLL_LIMIT:
+            return jax.lax.map(fn, block, batch_size=chunk)
+        outs = [jax.vmap(fn)(jax.tree.map(lambda x, s=s: x[s:s + chunk], block)) for s in starts]
+        return jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=0), *outs)
+
+    shards = sharding.task_shard_count()
+    if shards == 1:
+        return on_one_device(xs, num_tasks)
+    per_device = -(-num_tasks // shards)
+    blocks = sharding.split_task_axis(xs, num_tasks)
+    return sharding.merge_task_axis(jax.vmap(lambda block: on_one_device(block, per_device))(blocks), num_tasks)
 
 
 def meta_loss(learner, config: MAMLConfig, meta_params, tasks, key, inner_optimizer=None):

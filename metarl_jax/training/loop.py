@@ -20,6 +20,7 @@ checkpointed state and ``metrics.jsonl`` is cut back to the checkpointed iterati
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -30,8 +31,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from metarl_jax import sharding
 from metarl_jax.algorithms.base import MetaAlgorithm
 from metarl_jax.training import checkpoint as ckpt
 from metarl_jax.validation import check_choice, check_int, check_optional_int, check_optional_real, check_real, require
@@ -76,6 +79,10 @@ class TrainConfig:
         the meta-objective (docs/benchmarks.md, "Training that does not decay"). The schedule's
         step count is part of the optimizer state: a resumed run continues it.
       final_lr_fraction: the cosine schedule's last step size as a fraction of ``outer_lr``.
+      devices: devices the task axis is split over (:func:`run_loop`): ``None`` every device JAX
+        sees (with ``jax.distributed``, every host's), an integer ``n`` the first ``n``
+        (``jax.devices()[:n]``; checked against the device count when the run starts). Execution
+        only: results equal a one-device run's up to float rounding.
     """
 
     num_iterations: int = 100
@@ -89,6 +96,7 @@ class TrainConfig:
     max_grad_norm: float | None = None
     lr_schedule: str = "constant"
     final_lr_fraction: float = 0.1
+    devices: int | None = None
 
     def __post_init__(self):
         for name in ("num_iterations", "meta_batch", "iterations_per_call", "checkpoint_every", "keep_checkpoints"):
@@ -99,6 +107,7 @@ class TrainConfig:
         check_optional_real("max_grad_norm", self.max_grad_norm, minimum=0.0, min_open=True)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_real("final_lr_fraction", self.final_lr_fraction, minimum=0.0, maximum=1.0)
+        check_optional_int("devices", self.devices, minimum=1)
 
 
 def outer_learning_rate(config: TrainConfig):
@@ -117,10 +126,14 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 def make_multi_step(step_fn: Callable, num_steps: int) -> Callable:
-    """``state -> (state, metrics stacked over num_steps)``: a ``lax.scan`` of the meta-iteration."""
+    """``state -> (state, metrics stacked over num_steps)``: a ``lax.scan`` of the meta-iteration.
+
+    Under a task mesh (:func:`run_loop` with several devices) both outputs are replicated
+    (:func:`metarl_jax.sharding.constrain_replicated`), so every process can read them.
+    """
 
     def multi_step(state):
-        return jax.lax.scan(lambda s, _: step_fn(s), state, None, length=num_steps)
+        return sharding.constrain_replicated(jax.lax.scan(lambda s, _: step_fn(s), state, None, length=num_steps))
 
     return multi_step
 
@@ -190,6 +203,20 @@ def _state_step(state) -> int:
     return int(step)
 
 
+def _broadcast_path(path: str | None) -> str | None:
+    """Process 0's ``path`` (``None`` stays ``None``) on every process of a multi-process run."""
+    data = np.zeros(4096, np.uint8)
+    if path is not None:
+        raw = os.fsencode(os.path.abspath(path))
+        require(len(raw) < data.size, "run_dir", path, f"must be shorter than {data.size} bytes")
+        data[0] = 1
+        data[1:1 + len(raw)] = np.frombuffer(raw, np.uint8)
+    data = np.asarray(multihost_utils.broadcast_one_to_all(data))
+    if data[0] == 0:
+        return None
+    return os.fsdecode(data[1:].tobytes().rstrip(b"\0"))
+
+
 def _commit(tree):
     """``tree`` with every ``jax.Array`` leaf committed to the device(s) it is on (values unchanged).
 
@@ -236,6 +263,21 @@ def run_loop(
     the structure) with ``metrics.jsonl`` cut back to its iteration; ``history``
     then holds the recorded iterations too. ``stop_after`` ends this call after
     that many iterations (to simulate an interruption).
+
+    Devices: ``train_config.devices`` (:func:`metarl_jax.sharding.select_devices`) form a
+    :func:`metarl_jax.sharding.task_mesh`; with more than one, the state is replicated over it
+    and the scan is traced and run under ``jax.set_mesh(mesh)``, so
+    :func:`metarl_jax.algorithms.maml.map_tasks` splits every algorithm's task axis over the
+    devices; the returned state (and a :class:`NonFiniteGradientError`'s) is this process's
+    one-device copy, as in a one-device run. With one device nothing changes. Several
+    processes (``jax.distributed``, :mod:`metarl_jax.training.distributed`): each calls
+    ``run_loop`` with the same arguments. Process 0's ``run_dir`` is the run's (the others may
+    pass any ``run_dir`` or ``None``; it must be on a file system every process sees): every
+    process takes part in restoring and saving its checkpoints (orbax's multi-host protocol;
+    :mod:`metarl_jax.training.checkpoint` lets process 0 alone write the files), process 0
+    alone writes ``metrics.jsonl`` and shows a progress bar, and its state, a restored
+    checkpoint included, is broadcast to the others before the first iteration. The others'
+    ``history`` holds only the iterations they ran.
     """
     require(callable(step_fn), "step_fn", step_fn, "must be a callable state -> (state, metrics)")
     require(isinstance(train_config, TrainConfig), "train_config", train_config, "must be a TrainConfig")
@@ -245,28 +287,41 @@ def run_loop(
     metadata = {} if metadata is None else metadata
     _state_step(init_state)
     state = _commit(init_state)
+    mesh = sharding.task_mesh(sharding.select_devices(train_config.devices))
+    spread = mesh.devices.size > 1
+    writer = jax.process_index() == 0  # with several processes, only process 0 writes metrics
+    if jax.process_count() > 1:  # every process takes part in checkpoint saves and restores: process 0's run_dir
+        run_dir = _broadcast_path(run_dir if writer else None)
 
     metrics_path = ckpt_dir = None
     if run_dir is not None:
-        os.makedirs(run_dir, exist_ok=True)
-        metrics_path = os.path.join(run_dir, "metrics.jsonl")
         ckpt_dir = os.path.join(run_dir, "checkpoints")
+        if writer:
+            os.makedirs(run_dir, exist_ok=True)
+            metrics_path = os.path.join(run_dir, "metrics.jsonl")
         restored = ckpt.restore_latest(ckpt_dir, state)
         if restored is not None:
             _, state, _ = restored
-        _truncate_metrics(metrics_path, _state_step(state))
-    history = read_metrics(run_dir) if run_dir is not None else []
+        if writer:
+            _truncate_metrics(metrics_path, _state_step(state))
+    history = read_metrics(run_dir) if metrics_path is not None else []
+    if jax.process_count() > 1:  # every process continues from process 0's (possibly restored) state
+        state = multihost_utils.broadcast_one_to_all(state)
+    if spread:
+        state = sharding.replicate(state, mesh)
+    on_mesh = functools.partial(jax.set_mesh, mesh) if spread else contextlib.nullcontext  # set on entry, undone on exit
 
     start = _state_step(state)
     total = int(train_config.num_iterations)
     end = total if stop_after is None else min(total, start + int(stop_after))
-    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress or not writer, dynamic_ncols=True)
     last_saved = start
     iteration = start
     while iteration < end:
         chunk = min(int(train_config.iterations_per_call), end - iteration)  # never run past the end
         t0 = time.perf_counter()
-        new_state, metrics = jit_multi_step(step_fn, chunk)(state)
+        with on_mesh():
+            new_state, metrics = jit_multi_step(step_fn, chunk)(state)
         metrics = jax.device_get(metrics)
         elapsed = time.perf_counter() - t0
         if train_config.on_nonfinite == "stop":
@@ -280,7 +335,7 @@ def run_loop(
                 raise NonFiniteGradientError(
                     f"non-finite meta-gradient at iteration {bad}: training stopped; "
                     f"last good checkpoint: {where or 'none saved'} (set on_nonfinite='skip' to skip such updates)",
-                    last_good_state=state, history=list(history),
+                    last_good_state=sharding.local_copy(state) if spread else state, history=list(history),
                 )
         new_step = _state_step(new_state)
         require(new_step == iteration + chunk, "step_fn", step_fn,
@@ -301,11 +356,11 @@ def run_loop(
                          (("post", "post_adaptation_return"), ("pre", "pre_adaptation_return"))
                          if isinstance(history[-1].get(key), (int, float))})
         if ckpt_dir is not None and (iteration - last_saved >= train_config.checkpoint_every or iteration >= end):
-            ckpt.save_checkpoint(ckpt_dir, iteration, state, {"iteration": iteration, **metadata},
-                                 keep=train_config.keep_checkpoints)
+            ckpt.save_checkpoint(ckpt_dir, iteration, sharding.local_copy(state) if spread else state,
+                                 {"iteration": iteration, **metadata}, keep=train_config.keep_checkpoints)
             last_saved = iteration
     bar.close()
-    return state, history
+    return (sharding.local_copy(state) if spread else state), history
 
 
 def run(

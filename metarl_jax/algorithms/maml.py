@@ -68,10 +68,9 @@ class MAMLConfig:
         tasks, run one after the other: unrolled in the program when there are at most
         ``TASK_CHUNK_UNROLL_LIMIT`` chunks (more compile time, no per-chunk copies), else
         by ``lax.map`` (which stacks every chunk's residuals for the backward pass and
-        pays for it). On a CPU a few chunks beat one huge batch (second-order
-        navigation, 2 cores: 100 tasks in 4 chunks 0.92 s vs 1.18 s vmapped, 20 tasks in
-        4 chunks about 10% faster); on a GPU, vmap everything. :func:`auto_task_chunk`
-        picks one for a meta-batch size and platform.
+        pays for it). On a CPU a few chunks beat one huge batch (their activations stay in
+        cache; figures in ``docs/benchmarks.md``); on a GPU, vmap everything.
+        :func:`auto_task_chunk` picks one for a meta-batch size and platform.
       remat: rematerialise each inner step in the backward pass (``jax.checkpoint``):
         memory of the K-step adaptation stops growing with K's activations, at the
         price of recomputing each inner step's forward pass. Results are identical.
@@ -181,8 +180,7 @@ def auto_task_chunk(meta_batch: int, platform: str | None = None, accumulate: bo
     * Accelerators: ``None``; one ``vmap`` over all tasks is what a GPU wants.
     * CPU: ``ceil(meta_batch / c)`` tasks per chunk with ``c = min(TASK_CHUNK_UNROLL_LIMIT,
       ceil(meta_batch / AUTO_TASKS_PER_CHUNK))`` chunks, i.e. about 4 tasks per chunk and never
-      more chunks than :func:`map_tasks` unrolls. Second-order navigation at 20 tasks on 2 cores:
-      5 chunks of 4 are 10-25% faster than one vmap (``docs/benchmarks.md``).
+      more chunks than :func:`map_tasks` unrolls (measured against one vmap in ``docs/benchmarks.md``).
     """
     meta_batch = check_int("meta_batch", meta_batch, minimum=1)
     if meta_batch <= AUTO_TASKS_PER_CHUNK:

@@ -273,7 +273,7 @@ def run_loop(
     processes (``jax.distributed``, :mod:`metarl_jax.training.distributed`): each calls
     ``run_loop`` with the same arguments. Process 0's ``run_dir`` is the run's (the others may
     pass any ``run_dir`` or ``None``; it must be on a file system every process sees): every
-    process takes part in restoring and saving its checkpoints (orbax's multi-host protocol;
+    process takes part in restoring and saving its checkpoints (the multi-host protocol of
     :mod:`metarl_jax.training.checkpoint` lets process 0 alone write the files), process 0
     alone writes ``metrics.jsonl`` and shows a progress bar, and its state, a restored
     checkpoint included, is broadcast to the others before the first iteration. The others'

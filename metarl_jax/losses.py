@@ -24,6 +24,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from metarl_jax import networks
+
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -115,9 +117,7 @@ def categorical_kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
     """
     chex.assert_shape(logits_p, (..., None))  # at least one axis: the last is summed over
     chex.assert_equal_shape([logits_p, logits_q])
-    log_p = jax.nn.log_softmax(logits_p, axis=-1)
-    log_q = jax.nn.log_softmax(logits_q, axis=-1)
-    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+    return networks.kl_from_log_probs(jax.nn.log_softmax(logits_p, axis=-1), jax.nn.log_softmax(logits_q, axis=-1))
 
 
 def gaussian_kl(mean_p: jax.Array, log_std_p: jax.Array, mean_q: jax.Array, log_std_q: jax.Array) -> jax.Array:
@@ -132,9 +132,7 @@ def gaussian_kl(mean_p: jax.Array, log_std_p: jax.Array, mean_q: jax.Array, log_
     chex.assert_equal_shape([mean_p, mean_q])
     chex.assert_is_broadcastable(jnp.shape(log_std_p), jnp.shape(mean_p))
     chex.assert_is_broadcastable(jnp.shape(log_std_q), jnp.shape(mean_p))
-    var_ratio = jnp.exp(2.0 * (log_std_p - log_std_q))
-    maha = jnp.square(mean_p - mean_q) * jnp.exp(-2.0 * log_std_q)  # [..., D]
-    return jnp.sum((log_std_q - log_std_p) + 0.5 * (var_ratio + maha) - 0.5, axis=-1)
+    return networks.diag_gaussian_kl(mean_p, log_std_p, mean_q, log_std_q)
 
 
 def linear_feature_baseline(

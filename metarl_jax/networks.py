@@ -95,22 +95,22 @@ def categorical_entropy(logits: jax.Array) -> jax.Array:
     return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
 
 
-def _kl_from_log_probs(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
+def kl_from_log_probs(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
     """``KL(p || q) = sum_{a: p_a > 0} p_a (log p_a - log q_a)``: ``[..., A], [..., A] -> [...]``.
 
-    The closed form of :func:`metarl_jax.losses.categorical_kl` (this layer sits below
-    the losses), from log-probabilities; actions with ``p_a = 0`` (``log p_a = -inf``,
-    e.g. a greedy policy) contribute 0.
+    From log-probabilities; actions with ``p_a = 0`` (``log p_a = -inf``, e.g. a greedy
+    policy) contribute 0. The policies' ``kl_divergence`` and
+    :func:`metarl_jax.losses.categorical_kl` (which adds shape checks) compute with it.
     """
     p = jnp.exp(log_p)
     return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
 
 
-def _diag_gaussian_kl(mean_p: jax.Array, log_std_p: jax.Array, mean_q: jax.Array, log_std_q: jax.Array) -> jax.Array:
+def diag_gaussian_kl(mean_p: jax.Array, log_std_p: jax.Array, mean_q: jax.Array, log_std_q: jax.Array) -> jax.Array:
     """``sum_i [log s_q,i - log s_p,i + (s_p,i^2 + (mu_p,i - mu_q,i)^2) / (2 s_q,i^2) - 1/2]``: ``[..., D] -> [...]``.
 
-    The closed form of :func:`metarl_jax.losses.gaussian_kl` (this layer sits below the
-    losses); the log-stds broadcast against the means.
+    The log-stds broadcast against the means. The Gaussian policies' ``kl_divergence`` and
+    :func:`metarl_jax.losses.gaussian_kl` (which adds shape checks) compute with it.
     """
     var_ratio = jnp.exp(2.0 * (log_std_p - log_std_q))
     maha = jnp.square(mean_p - mean_q) * jnp.exp(-2.0 * log_std_q)
@@ -182,7 +182,7 @@ class GaussianPolicy:
         ``params_old`` is held constant (``stop_gradient``).
         """
         params_old = jax.lax.stop_gradient(params_old)
-        return _diag_gaussian_kl(self.mean(params_old, obs), params_old["log_std"],
+        return diag_gaussian_kl(self.mean(params_old, obs), params_old["log_std"],
                                  self.mean(params_new, obs), params_new["log_std"])
 
 
@@ -205,7 +205,7 @@ class _CategoricalMixin:
         From the log-softmax of the logits; ``params_old`` is held constant (``stop_gradient``).
         """
         params_old = jax.lax.stop_gradient(params_old)
-        return _kl_from_log_probs(jax.nn.log_softmax(self.logits(params_old, obs), axis=-1),
+        return kl_from_log_probs(jax.nn.log_softmax(self.logits(params_old, obs), axis=-1),
                                   jax.nn.log_softmax(self.logits(params_new, obs), axis=-1))
 
     def probs(self, params, obs: jax.Array) -> jax.Array:
@@ -443,8 +443,8 @@ class SharedActorCritic:
         out_old, _, log_std_old = self.network.apply(params_old, obs)
         out_new, _, log_std_new = self.network.apply(params_new, obs)
         if not self.continuous:
-            return _kl_from_log_probs(jax.nn.log_softmax(out_old, axis=-1), jax.nn.log_softmax(out_new, axis=-1))
-        return _diag_gaussian_kl(out_old, log_std_old, out_new, log_std_new)
+            return kl_from_log_probs(jax.nn.log_softmax(out_old, axis=-1), jax.nn.log_softmax(out_new, axis=-1))
+        return diag_gaussian_kl(out_old, log_std_old, out_new, log_std_new)
 
     def value(self, params, obs: jax.Array) -> jax.Array:
         return self.network.apply(params, obs)[1]
@@ -581,7 +581,7 @@ class QPolicy:
         never takes contribute 0. ``params_old`` is held constant (``stop_gradient``).
         """
         params_old = jax.lax.stop_gradient(params_old)
-        return _kl_from_log_probs(self.log_probs_all(params_old, obs), self.log_probs_all(params_new, obs))
+        return kl_from_log_probs(self.log_probs_all(params_old, obs), self.log_probs_all(params_new, obs))
 
 
 def make_policy_for(family, params=None, *, hidden_sizes=None, activation=None, tabular=False, **kwargs):

@@ -361,6 +361,18 @@ def accumulated_meta_gradient(learner, config: MAMLConfig, meta_params, tasks, k
     return jnp.mean(outer_losses), grads, summary
 
 
+def init_train_state(key: jax.Array, learner, config: MAMLConfig, outer_tx: optax.GradientTransformation) -> MetaTrainState:
+    """The initial state of a meta-training run over ``{"policy": theta}`` (+ Meta-SGD rates).
+
+    ``(key_init, key_run) = split(key)``: the parameters from ``key_init`` (:func:`init_meta_params`),
+    ``outer_tx``'s state over them, ``key_run`` as the run's key, step 0. MAML, TRPO and ProMP start
+    here, so the same seed starts every one of them from the same ``theta``.
+    """
+    key_init, key_run = jax.random.split(key)
+    meta_params = init_meta_params(key_init, learner, config)
+    return MetaTrainState(meta_params, outer_tx.init(meta_params), key_run, jnp.zeros((), jnp.int32))
+
+
 def maml(
     learner,
     config: MAMLConfig,
@@ -380,9 +392,7 @@ def maml(
     meta_gradient = make_meta_gradient(learner, config, inner_optimizer)
 
     def init(key: jax.Array) -> MetaTrainState:
-        key_init, key_run = jax.random.split(key)
-        meta_params = init_meta_params(key_init, learner, config)
-        return MetaTrainState(meta_params, outer_tx.init(meta_params), key_run, jnp.zeros((), jnp.int32))
+        return init_train_state(key, learner, config, outer_tx)
 
     def step(state: MetaTrainState):
         key, key_tasks, key_grad = jax.random.split(state.key, 3)

@@ -78,7 +78,7 @@ from flax import struct
 from metarl_jax import losses
 from metarl_jax.algorithms.base import MetaAlgorithm, MetaTrainState, keep_if_finite, tree_all_finite
 from metarl_jax.algorithms.inner import adapt, adapt_on_data
-from metarl_jax.algorithms.maml import MAMLConfig, init_meta_params, map_tasks
+from metarl_jax.algorithms.maml import MAMLConfig, init_train_state, map_tasks
 from metarl_jax.learners.base import check_policy_surrogate
 from metarl_jax.tasks.base import num_tasks_in
 from metarl_jax.validation import check_int, check_real, require
@@ -382,9 +382,7 @@ def trpo(learner, maml_config: MAMLConfig, trpo_config: TRPOConfig, sample_tasks
     require(isinstance(trpo_config, TRPOConfig), "trpo_config", trpo_config, "must be a TRPOConfig")
 
     def init(key: jax.Array) -> MetaTrainState:
-        key_init, key_run = jax.random.split(key)
-        return MetaTrainState(init_meta_params(key_init, learner, maml_config), optax.EmptyState(), key_run,
-                              jnp.zeros((), jnp.int32))
+        return init_train_state(key, learner, maml_config, optax.identity())
 
     def step(state: MetaTrainState):
         key, key_tasks, key_sample = jax.random.split(state.key, 3)
@@ -475,9 +473,7 @@ def promp(learner, maml_config: MAMLConfig, promp_config: ProMPConfig, sample_ta
     optimizer = promp_optimizer(promp_config) if outer_tx is None else outer_tx
 
     def init(key: jax.Array) -> MetaTrainState:
-        key_init, key_run = jax.random.split(key)
-        meta_params = init_meta_params(key_init, learner, maml_config)
-        return MetaTrainState(meta_params, optimizer.init(meta_params), key_run, jnp.zeros((), jnp.int32))
+        return init_train_state(key, learner, maml_config, optimizer)
 
     def step(state: MetaTrainState):
         key, key_tasks, key_sample = jax.random.split(state.key, 3)

@@ -122,6 +122,14 @@ TESTS: dict[str, list[str]] = {
     "metarl_jax/algorithms/outer.py": [
         "tests/test_outer.py",
     ],
+    "metarl_jax/algorithms/inner.py": [  # the one inner step: adapt, adapt_on_data, sgd / meta_sgd
+        *_MAML_DIRECT,
+        "tests/test_estimators.py",
+        "tests/test_maml.py::test_second_order_meta_gradient_matches_finite_differences[1]",
+        "tests/test_maml.py::test_first_order_is_second_order_without_the_inner_hessian",
+        "tests/test_outer.py::test_meta_batch_reproduces_maml_adapt",
+        "tests/test_algorithms.py",
+    ],
     "metarl_jax/learners/q_learning.py": [
         "tests/test_q_learning.py",
     ],

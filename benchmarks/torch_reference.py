@@ -51,7 +51,7 @@ import sys
 import time
 from typing import Any, NamedTuple
 
-from metarl_jax.benchmarking import cpu_model  # no jax import: torch-only use stays possible
+from benchmarks.benchmarking import cpu_model  # no jax import: torch-only use stays possible
 
 IMPL_NAME = "torch-task-loop"
 PARAM_NAMES = ("w0", "b0", "w1", "b1", "w2", "b2", "log_std")

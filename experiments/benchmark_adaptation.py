@@ -54,7 +54,7 @@ from experiments.maml_tabular_mdp import TabularMDPConfig
 from experiments.maml_tabular_q import TabularQConfig
 from metarl_jax.training import checkpoint as ckpt
 from metarl_jax import evaluation, plotting
-from metarl_jax.benchmarking import cpu_model, jax_device_name
+from benchmarks.benchmarking import cpu_model, jax_device_name
 from metarl_jax.experiment import MAMLExperimentConfig, build, write_json
 from metarl_jax.algorithms.maml import init_meta_params, maml
 from metarl_jax.algorithms.multitask import multitask

@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from metarl_jax.benchmarking import cpu_model
+from benchmarks.benchmarking import cpu_model
 from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
 from metarl_jax.algorithms.maml import MAMLConfig, init_meta_params, make_meta_gradient
 from metarl_jax.networks import GaussianPolicy

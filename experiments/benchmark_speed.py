@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metarl_jax.benchmarking import device_description
+from benchmarks.benchmarking import device_description
 from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
 from metarl_jax.algorithms.maml import MAMLConfig, auto_task_chunk, maml
 from metarl_jax.networks import make_policy_for

@@ -1,4 +1,4 @@
-"""The machine names of benchmark records (metarl_jax/benchmarking.py)."""
+"""The machine names of benchmark records (benchmarks/benchmarking.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import jax
 
-from metarl_jax import benchmarking
+from benchmarks import benchmarking
 
 
 def test_cpu_model_is_a_name():

@@ -201,7 +201,7 @@ def train_or_load(cfg: MAMLExperimentConfig, bench: AdaptationBenchmarkConfig, p
             records[variant] = {
                 "iterations": int(state.step), "estimator": maml_config.estimator,
                 "seconds": round(time.perf_counter() - t0, 2),
-                "median_s_per_iteration": float(np.median([h["seconds"] for h in history[1:]] or [0.0])),
+                "median_s_per_iteration": float(np.median([h["seconds"] for h in history[1:] if "seconds" in h] or [0.0])),
                 "final_train_post_adaptation_return": float(np.mean([h["post_adaptation_return"] for h in last])),
             }
         print(f"  {variant}: {records[variant]}", flush=True)
@@ -220,7 +220,7 @@ def train_or_load(cfg: MAMLExperimentConfig, bench: AdaptationBenchmarkConfig, p
         records["multitask"] = {
             "iterations": int(train_config.num_iterations),  # run_loop runs exactly num_iterations
             "seconds": round(time.perf_counter() - t0, 2),
-            "median_s_per_iteration": float(np.median([h["seconds"] for h in history[1:]] or [0.0])),
+            "median_s_per_iteration": float(np.median([h["seconds"] for h in history[1:] if "seconds" in h] or [0.0])),
             "final_train_return": float(np.mean([h["return"] for h in history[-10:]])) if history else None,
         }
     print(f"  multitask: {records['multitask']}", flush=True)

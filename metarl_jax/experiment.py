@@ -353,11 +353,38 @@ def _json_default(x):
     return str(x)
 
 
+def finite_json(payload: Any) -> tuple[Any, list[str]]:
+    """``payload`` with every NaN / infinite number replaced by ``None`` (JSON ``null``), and the
+    paths where that happened (``"a.b[2]"``). Arrays and numpy scalars become lists and numbers."""
+    where: list[str] = []
+
+    def clean(x, path):
+        if isinstance(x, (np.generic, jnp.ndarray, np.ndarray)):
+            x = np.asarray(x).tolist()
+        if isinstance(x, float) and not np.isfinite(x):
+            where.append(path or "$")
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v, f"{path}.{k}" if path else str(k)) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v, f"{path}[{i}]") for i, v in enumerate(x)]
+        return x
+
+    return clean(payload, ""), where
+
+
 def write_json(path: str, payload: Any) -> None:
-    """Write JSON atomically (temporary file + rename)."""
+    """Write ``payload`` as valid JSON, atomically (temporary file + rename).
+
+    Non-finite numbers, which JSON cannot hold, are written as ``null`` and their paths listed
+    under ``"nonfinite_values"`` (a dict payload) so the file says what it replaced.
+    """
+    payload, where = finite_json(payload)
+    if where and isinstance(payload, dict):
+        payload = dict(payload, nonfinite_values=where)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, default=_json_default)
+        json.dump(payload, f, indent=2, default=_json_default, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -450,7 +477,7 @@ def run(config: MAMLExperimentConfig, progress: bool = True) -> dict:
     result = evaluate(config, family, learner, maml_config, state.meta_params)
     result["run_dir"] = run_dir
     result["iterations"] = int(state.step)
-    result["seconds_per_iteration_median"] = float(np.median([h["seconds"] for h in history[1:]] or [0.0]))
+    result["seconds_per_iteration_median"] = float(np.median([h["seconds"] for h in history[1:] if "seconds" in h] or [0.0]))
     print(result_table(result))
     plotting.plot_learning_curve(history, os.path.join(run_dir, "learning_curve.png"),
                                  title=f"{config.name}: {config.task}, {config.learner}, {config.estimator}")
@@ -462,7 +489,7 @@ def run(config: MAMLExperimentConfig, progress: bool = True) -> dict:
         plotting.plot_navigation_paths(goals, pre, post, os.path.join(run_dir, "paths.png"), family.goal_range,
                                        num_steps=maml_config.inner_steps)
     write_json(os.path.join(run_dir, "summary.json"), result)
-    print(f"wrote {run_dir}/{{config.json, metrics.jsonl, summary.json, *.png, checkpoints/}}")
+    print(f"wrote {run_dir}/{{config.json, metrics.jsonl, timings.jsonl, summary.json, *.png, checkpoints/}}")
     return result
 
 

@@ -75,10 +75,17 @@ def test_iteration_count_not_a_multiple_of_the_chunk_is_exact():
     assert [h["iteration"] for h in history] == [0, 1, 2, 3, 4]
 
 
-def test_same_seed_same_metrics_and_different_seed_differs():
-    _, a = run(_ALG, _TRAIN, progress=False)
-    _, b = run(_ALG, _TRAIN, progress=False)
+def test_same_seed_same_metrics_and_different_seed_differs(tmp_path):
+    """Same seed: the histories agree and ``metrics.jsonl`` is byte-identical (``cmp``); the
+    wall-clock times go to ``timings.jsonl`` and come back in ``read_metrics``."""
+    _, a = run(_ALG, _TRAIN, str(tmp_path / "a"), progress=False)
+    _, b = run(_ALG, _TRAIN, str(tmp_path / "b"), progress=False)
     assert _strip(a) == _strip(b)
+    metrics_a, metrics_b = ((tmp_path / d / "metrics.jsonl").read_bytes() for d in "ab")
+    assert metrics_a == metrics_b and b'"seconds"' not in metrics_a
+    timings = [json.loads(line) for line in (tmp_path / "a" / "timings.jsonl").read_text().splitlines()]
+    assert [t["iteration"] for t in timings] == list(range(_TRAIN.num_iterations))
+    assert [h["seconds"] for h in read_metrics(str(tmp_path / "a"))] == [t["seconds"] for t in timings]
     other = dataclasses.replace(_TRAIN, seed=1)
     _, c = run(_ALG, other, progress=False)
     assert _strip(a) != _strip(c)
@@ -281,3 +288,18 @@ def test_promp_run_skips_nonfinite_updates():
     for a, b in zip(jax.tree.leaves((state.meta_params, state.opt_state)),
                     jax.tree.leaves((initial.meta_params, initial.opt_state))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_json_outputs_are_valid_json_with_the_nonfinite_values_named(tmp_path):
+    """``write_json`` never writes bare NaN / Infinity (invalid JSON): they become null, listed by path."""
+    from metarl_jax.experiment import write_json
+
+    path = str(tmp_path / "summary.json")
+    write_json(path, {"mean": float("nan"), "curve": [1.0, float("inf")], "nested": {"x": np.float32("-inf")},
+                      "ok": np.float32(2.5), "n": 3})
+    text = open(path).read()
+    assert "NaN" not in text and "Infinity" not in text
+    payload = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert payload["mean"] is None and payload["curve"] == [1.0, None] and payload["nested"] == {"x": None}
+    assert payload["ok"] == 2.5 and payload["n"] == 3
+    assert payload["nonfinite_values"] == ["mean", "curve[1]", "nested.x"]

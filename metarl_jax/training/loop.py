@@ -181,13 +181,20 @@ def _truncate_metrics(path: str, num_iterations: int) -> None:
     os.replace(tmp, path)
 
 
-def read_metrics(run_dir: str) -> list[dict]:
-    """All iterations recorded in ``run_dir/metrics.jsonl``."""
-    path = os.path.join(run_dir, "metrics.jsonl")
+def _read_jsonl(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    """All iterations recorded in ``run_dir/metrics.jsonl``, each with its ``seconds`` from
+    ``run_dir/timings.jsonl`` where recorded (wall-clock times live apart, so two runs with the same
+    seed write byte-identical ``metrics.jsonl`` files)."""
+    seconds = {t["iteration"]: t["seconds"] for t in _read_jsonl(os.path.join(run_dir, "timings.jsonl"))}
+    records = _read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    return [dict(r, seconds=seconds[r["iteration"]]) if r["iteration"] in seconds else r for r in records]
 
 
 def _state_step(state) -> int:
@@ -245,8 +252,9 @@ def run_loop(
     runs :func:`jit_multi_step` scans of ``iterations_per_call`` iterations (a
     shorter last scan, so it never runs past ``num_iterations``) and, per
     iteration, records ``{"iteration", <every scalar metric and every array
-    metric of at most 32 entries>, "seconds"}`` in ``history`` (and
-    ``run_dir/metrics.jsonl``).
+    metric of at most 32 entries>, "seconds"}`` in ``history``; with ``run_dir``, the record
+    without ``seconds`` in ``run_dir/metrics.jsonl`` and ``{"iteration", "seconds"}`` in
+    ``run_dir/timings.jsonl``, so two runs with the same seed write byte-identical metrics.
 
     From ``train_config`` it reads ``num_iterations``, ``iterations_per_call``,
     ``checkpoint_every``, ``keep_checkpoints`` and ``on_nonfinite``; the other
@@ -293,17 +301,19 @@ def run_loop(
     if jax.process_count() > 1:  # every process takes part in checkpoint saves and restores: process 0's run_dir
         run_dir = _broadcast_path(run_dir if writer else None)
 
-    metrics_path = ckpt_dir = None
+    metrics_path = timings_path = ckpt_dir = None
     if run_dir is not None:
         ckpt_dir = os.path.join(run_dir, "checkpoints")
         if writer:
             os.makedirs(run_dir, exist_ok=True)
             metrics_path = os.path.join(run_dir, "metrics.jsonl")
+            timings_path = os.path.join(run_dir, "timings.jsonl")
         restored = ckpt.restore_latest(ckpt_dir, state)
         if restored is not None:
             _, state, _ = restored
         if writer:
             _truncate_metrics(metrics_path, _state_step(state))
+            _truncate_metrics(timings_path, _state_step(state))
     history = read_metrics(run_dir) if metrics_path is not None else []
     if jax.process_count() > 1:  # every process continues from process 0's (possibly restored) state
         state = multihost_utils.broadcast_one_to_all(state)
@@ -341,15 +351,20 @@ def run_loop(
         require(new_step == iteration + chunk, "step_fn", step_fn,
                 f"must add 1 to state.step per iteration: {chunk} iterations took it from {iteration} to {new_step}")
         state = new_state
-        lines = []
+        lines, timing_lines = [], []
         for j in range(chunk):
-            record = {"iteration": iteration, **_scalar_metrics(metrics, j), "seconds": elapsed / chunk}
-            history.append(record)
+            record = {"iteration": iteration, **_scalar_metrics(metrics, j)}
+            timing = {"iteration": iteration, "seconds": elapsed / chunk}
+            history.append({**record, "seconds": timing["seconds"]})
             lines.append(json.dumps(record) + "\n")
+            timing_lines.append(json.dumps(timing) + "\n")
             iteration += 1
         if metrics_path is not None:
             with open(metrics_path, "a") as f:
                 f.writelines(lines)
+                f.flush()
+            with open(timings_path, "a") as f:
+                f.writelines(timing_lines)
                 f.flush()
         bar.update(len(lines))
         bar.set_postfix({name: f"{history[-1][key]:.3g}" for name, key in

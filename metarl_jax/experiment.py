@@ -332,19 +332,24 @@ def build_algorithm(config: MAMLExperimentConfig) -> MetaAlgorithm:
     return _cached_algorithm(key)
 
 
-def new_run_dir(config: MAMLExperimentConfig) -> str:
-    if config.run_dir is not None:
-        return config.run_dir
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = os.path.join(config.out_dir, config.name, stamp)
+def new_timestamped_dir(parent: str) -> str:
+    """Create and return a new directory ``parent/<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``... when one of
+    that name exists): every call gets its own, so nothing written earlier is overwritten."""
+    base = os.path.join(parent, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     path, n = base, 1
-    while True:  # never share a directory with a run started in the same second
+    while True:  # never share a directory with one made in the same second
         try:
             os.makedirs(path)
             return path
         except FileExistsError:
             n += 1
             path = f"{base}-{n}"
+
+
+def new_run_dir(config: MAMLExperimentConfig) -> str:
+    if config.run_dir is not None:
+        return config.run_dir
+    return new_timestamped_dir(os.path.join(config.out_dir, config.name))
 
 
 def _json_default(x):

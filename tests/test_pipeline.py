@@ -221,10 +221,21 @@ def test_deploy_cli_runs_end_to_end(trained_run, tmp_path, capsys):
     assert re.search(r"^\s*2\s+\S+\s+\S+\s+[012]\s+\d+ \d+\s*$", printed, re.M), printed
     assert len(payload["returns"]) == 3 and np.asarray(payload["action_counts"]).shape == (3, 2)
     assert payload["optimal_return"] == pytest.approx(0.9 * CONFIG.horizon)
+    first = payload["out_dir"]
+    assert os.path.dirname(first) == out  # its own directory <out-dir>/<timestamp>
     for name in ("deploy.json", "returns.png", "pulls.png"):
-        assert os.path.getsize(os.path.join(out, name)) > 0
-    with open(os.path.join(out, "deploy.json")) as f:
-        assert json.load(f)["task"]["probs"] == pytest.approx([0.1, 0.9])
+        assert os.path.getsize(os.path.join(first, name)) > 0
+    with open(os.path.join(first, "deploy.json")) as f:
+        first_bytes = f.read()
+    assert json.loads(first_bytes)["task"]["probs"] == pytest.approx([0.1, 0.9])
+    # A second deploy keeps the first's files: it writes to a new directory.
+    second = deploy_cli.main(["--checkpoint", os.path.join(trained_run, "checkpoints"), "--task", "0.9,0.1",
+                              "--rounds", "3", "--out-dir", out])["out_dir"]
+    assert second != first and sorted(os.listdir(out)) == sorted(os.path.basename(d) for d in (first, second))
+    with open(os.path.join(first, "deploy.json")) as f:
+        assert f.read() == first_bytes
+    with open(os.path.join(second, "deploy.json")) as f:
+        assert json.load(f)["task"]["probs"] == pytest.approx([0.9, 0.1])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -233,6 +244,7 @@ def test_deploy_cli_runs_end_to_end(trained_run, tmp_path, capsys):
     (["--checkpoint", "RUN", "--task", "0.5"], "task='0.5' is invalid: this bandit takes 2 arm probabilities"),
     (["--checkpoint", "RUN", "--inner-lr", "-1"], "inner_lr=-1.0 is invalid"),
     (["--checkpoint", "EMPTY"], "holds no checkpoint"),
+    (["--checkpoint", "RUN", "--out-dir", "/proc/no-such-place"], "out_dir='/proc/no-such-place' is invalid"),
 ])
 def test_deploy_cli_errors_are_clear(args, message, trained_run, tmp_path, capsys):
     args = [trained_run if a == "RUN" else str(tmp_path) if a == "EMPTY" else a for a in args]

@@ -10,7 +10,7 @@ run's ``config.json`` rebuilds the learner. ``--task`` is ``sample`` (one task d
 family with ``--seed``) or the task's numbers: the goal ``x,y`` for navigation, the arm
 probabilities ``p1,...,pK`` for a bandit. Prints a table per round and writes ``deploy.json``,
 ``returns.png`` and ``pulls.png`` (bandits) or ``paths.png`` (navigation) to ``--out-dir``
-(default ``<run dir>/deploy``).
+(default ``<run dir>/deploy``), each invocation in its own new ``<timestamp>`` directory there.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarl_jax.deploy import deploy, load_run
-from metarl_jax.experiment import parse_cli, write_json
+from metarl_jax.experiment import new_timestamped_dir, parse_cli, write_json
 from metarl_jax.tasks import BanditParams, BernoulliBandit, Navigation2D, NavigationParams
 from metarl_jax.validation import check_bool, check_int, check_optional_real, require
 
@@ -47,7 +47,7 @@ class DeployConfig:
     """policy selection by round return: each update starts from the best parameters so far, so a step that
     made the return worse (likelier beyond the trained K) is undone after one round (--no-keep-best: plain SGD)"""
     out_dir: str | None = None
-    """where to write deploy.json and the plots (default: <run dir>/deploy)"""
+    """where each invocation makes its own new directory <out-dir>/<timestamp> for deploy.json and the plots (default: <run dir>/deploy)"""
 
     def __post_init__(self):
         check_int("rounds", self.rounds, minimum=1)
@@ -171,7 +171,14 @@ def plot(family, task, result, payload: dict, out_dir: str) -> list[str]:
 
 
 def run(config: DeployConfig) -> dict:
+    """Deploy, print the per-round table and write ``deploy.json`` and the plots to a new directory
+    ``<out_dir or run dir/deploy>/<timestamp>`` (made before any work, so an unwritable place fails
+    first; a second invocation never overwrites the first's files). ``payload["out_dir"]`` names it."""
     loaded = load_run(config.checkpoint)
+    try:
+        out_dir = new_timestamped_dir(config.out_dir or os.path.join(loaded.run_dir, "deploy"))
+    except OSError as err:
+        raise ValueError(f"out_dir={config.out_dir!r} is invalid: cannot create a directory there ({err.strerror})") from None
     key_task, key_deploy = jax.random.split(jax.random.PRNGKey(config.seed))
     task = parse_task(loaded.family, config.task, key_task)
     result = jax.jit(lambda mp, t, k: deploy(loaded.learner, loaded.maml_config, mp, t, k, config.rounds,
@@ -181,9 +188,8 @@ def run(config: DeployConfig) -> dict:
     print(f"checkpoint: {loaded.checkpoint}  family: {loaded.family.name}  rounds: {config.rounds}  "
           f"trained K: {loaded.maml_config.inner_steps}  keep_best: {config.keep_best}")
     print(table)
-    out_dir = config.out_dir or os.path.join(loaded.run_dir, "deploy")
-    os.makedirs(out_dir, exist_ok=True)
     payload["checkpoint"] = loaded.checkpoint
+    payload["out_dir"] = out_dir
     payload["config"] = dataclasses.asdict(config)
     write_json(os.path.join(out_dir, "deploy.json"), payload)
     written = plot(loaded.family, task, result, payload, out_dir)

@@ -46,7 +46,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import struct
 from gymnax.environments import spaces
 

@@ -34,7 +34,7 @@ task axis, jit the whole meta-iteration, differentiate again if you like.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import chex
 import jax

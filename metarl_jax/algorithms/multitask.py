@@ -29,7 +29,6 @@ config's fixed inner step size.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import jax

@@ -87,7 +87,6 @@ import dataclasses
 import chex
 import jax
 import jax.numpy as jnp
-from flax import struct
 
 from metarl_jax import losses
 from metarl_jax.learners.base import LearnerDefaults, OuterBatch

@@ -104,7 +104,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
 from metarl_jax import losses
 from metarl_jax.learners.base import PLAIN_LOSS_ESTIMATORS, LearnerDefaults, OuterBatch

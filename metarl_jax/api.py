@@ -45,6 +45,7 @@ from metarl_jax.tasks import (
     sample_tasks,
 )
 from metarl_jax.tasks.base import TaskFamily
+from metarl_jax.training.interrupts import TrainingInterrupted
 from metarl_jax.training.loop import NonFiniteGradientError, make_optimizer, run_loop
 from metarl_jax.validation import check_int, check_real
 
@@ -198,7 +199,8 @@ class MetaRL:
         (no run directory: :meth:`save` writes checkpoints). Clears the adapted parameters. With
         ``on_nonfinite="stop"`` a non-finite meta-gradient raises
         :class:`~metarl_jax.training.loop.NonFiniteGradientError`; the object keeps the iterations of the
-        scan calls that finished before it (the error's ``last_good_state`` and ``history``).
+        scan calls that finished before it (the error's ``last_good_state`` and ``history``). So does a
+        Ctrl-C (:class:`~metarl_jax.training.interrupts.TrainingInterrupted`, raised after the current call).
         """
         num_iterations = check_int("num_iterations", num_iterations, minimum=1)
         config = dataclasses.replace(self.train_config, num_iterations=self.iterations + num_iterations)
@@ -209,6 +211,10 @@ class MetaRL:
             if err.last_good_state is not None:
                 self._state = err.last_good_state
                 self.history.extend(err.history)
+            raise
+        except TrainingInterrupted as stop:  # Ctrl-C: keep the iterations that finished, then stop
+            self._state = stop.state
+            self.history.extend(stop.history)
             raise
         self.history.extend(records)
         return records

@@ -29,6 +29,7 @@ from metarl_jax.algorithms.maml import MAMLConfig, auto_task_chunk, init_meta_pa
 from metarl_jax.algorithms.multitask import multitask
 from metarl_jax.algorithms.outer import ProMPConfig, TRPOConfig, promp, trpo
 from metarl_jax.networks import make_policy_for
+from metarl_jax.records import finite_json, write_json  # noqa: F401  (re-exported: experiments write through them)
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks import FAMILY_NAMES, make_family, sample_tasks
 from metarl_jax.training import distributed
@@ -350,49 +351,6 @@ def new_run_dir(config: MAMLExperimentConfig) -> str:
     if config.run_dir is not None:
         return config.run_dir
     return new_timestamped_dir(os.path.join(config.out_dir, config.name))
-
-
-def _json_default(x):
-    if isinstance(x, (np.generic, jnp.ndarray)):
-        return np.asarray(x).tolist()
-    return str(x)
-
-
-def finite_json(payload: Any) -> tuple[Any, list[str]]:
-    """``payload`` with every NaN / infinite number replaced by ``None`` (JSON ``null``), and the
-    paths where that happened (``"a.b[2]"``). Arrays and numpy scalars become lists and numbers."""
-    where: list[str] = []
-
-    def clean(x, path):
-        if isinstance(x, (np.generic, jnp.ndarray, np.ndarray)):
-            x = np.asarray(x).tolist()
-        if isinstance(x, float) and not np.isfinite(x):
-            where.append(path or "$")
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v, f"{path}.{k}" if path else str(k)) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v, f"{path}[{i}]") for i, v in enumerate(x)]
-        return x
-
-    return clean(payload, ""), where
-
-
-def write_json(path: str, payload: Any) -> None:
-    """Write ``payload`` as valid JSON, atomically (temporary file + rename).
-
-    Non-finite numbers, which JSON cannot hold, are written as ``null`` and their paths listed
-    under ``"nonfinite_values"`` (a dict payload) so the file says what it replaced.
-    """
-    payload, where = finite_json(payload)
-    if where and isinstance(payload, dict):
-        payload = dict(payload, nonfinite_values=where)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, default=_json_default, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def format_table(rows: list[tuple[str, ...]]) -> str:

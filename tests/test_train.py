@@ -303,3 +303,94 @@ def test_json_outputs_are_valid_json_with_the_nonfinite_values_named(tmp_path):
     assert payload["mean"] is None and payload["curve"] == [1.0, None] and payload["nested"] == {"x": None}
     assert payload["ok"] == 2.5 and payload["n"] == 3
     assert payload["nonfinite_values"] == ["mean", "curve[1]", "nested.x"]
+
+
+def test_skipped_nonfinite_updates_leave_valid_json_lines_naming_the_values(tmp_path):
+    """on_nonfinite='skip': each metrics.jsonl line parses as strict JSON; NaN values are null, named in ``nonfinite``."""
+    skip = dataclasses.replace(_TRAIN, num_iterations=2, on_nonfinite="skip")
+    run_dir = str(tmp_path / "run")
+    run(_maml(_NaNLearner(_LEARNER), _MAML_CONFIG, skip, _SAMPLE), skip, run_dir, progress=False)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        record = json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in {line}"))
+        assert record["grad_finite"] is False
+        assert record["meta_loss"] is None and "meta_loss" in record["nonfinite"]
+        assert all(record[name] is None for name in record["nonfinite"] if "[" not in name)
+    assert [r["meta_loss"] for r in read_metrics(run_dir)] == [None, None]
+
+
+# --------------------------------------------------------------------------- interrupts and restarts
+
+import signal  # noqa: E402
+
+from metarl_jax.training.interrupts import TrainingInterrupted, deferred_interrupts  # noqa: E402
+
+_SIGNAL_AT = {"iteration": -1, "signum": signal.SIGINT}  # read by the callback: one compiled step for every case
+
+
+def _signal_at_iteration(step):
+    if int(step) == _SIGNAL_AT["iteration"]:
+        os.kill(os.getpid(), _SIGNAL_AT["signum"])
+
+
+def _signalling_step(state):
+    """``_ALG.step`` that sends this process ``_SIGNAL_AT["signum"]`` from inside the compiled call of one iteration."""
+    jax.debug.callback(_signal_at_iteration, state.step)
+    return _ALG.step(state)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_run_finishes_the_call_checkpoints_and_the_resume_equals_an_uninterrupted_run(tmp_path, signum):
+    """The signal arrives inside the compiled call of iteration 2 (calls of 2 iterations): the loop
+    finishes that call, checkpoints iteration 4 and raises TrainingInterrupted (exit status 128 + signal);
+    resuming the run directory then gives exactly the uninterrupted run's metrics and state."""
+    full_state, full = run(_ALG, _TRAIN, str(tmp_path / "full"), progress=False)
+    run_dir = str(tmp_path / "interrupted")
+    _SIGNAL_AT.update(iteration=2, signum=signum)
+    try:
+        with pytest.raises(TrainingInterrupted) as info:
+            run_loop(_signalling_step, _ALG.init(jax.random.PRNGKey(_TRAIN.seed)), _TRAIN, run_dir, progress=False)
+    finally:
+        _SIGNAL_AT.update(iteration=-1)
+    stop = info.value
+    assert (stop.signum, stop.iteration, stop.exit_status) == (signum, 4, 128 + signum)
+    assert isinstance(stop, KeyboardInterrupt) and int(stop.state.step) == 4
+    assert os.path.basename(stop.checkpoint) == "step_00000004"
+    assert [h["iteration"] for h in read_metrics(run_dir)] == [0, 1, 2, 3]
+    assert signal.getsignal(signum) is not None and signal.getsignal(signum) != signal.SIG_IGN  # handlers restored
+    state, resumed = run(_ALG, _TRAIN, run_dir, progress=False)
+    assert _strip(read_metrics(run_dir)) == _strip(full) and _strip(resumed) == _strip(full)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(full_state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_signal_before_the_loop_starts_checkpoints_iteration_0():
+    """A request already set when the loop starts (the signal came during setup): nothing runs, iteration 0 is saved."""
+    with deferred_interrupts() as request:
+        request.signum = signal.SIGINT
+        with pytest.raises(TrainingInterrupted) as info:
+            run(_ALG, _TRAIN, progress=False, interrupt=request)
+    assert info.value.iteration == 0 and info.value.checkpoint is None and info.value.history == []
+
+
+def test_records_without_a_checkpoint_refuse_to_start_over_unless_restart(tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    four = dataclasses.replace(_TRAIN, num_iterations=4)
+    alg = _maml(_LEARNER, _MAML_CONFIG, four, _SAMPLE)
+    _, first = run(alg, four, run_dir, progress=False)
+    import shutil
+
+    shutil.rmtree(os.path.join(run_dir, "checkpoints"))
+    metrics_before = open(os.path.join(run_dir, "metrics.jsonl")).read()
+    with pytest.raises(ValueError, match=r"run_dir=.* is invalid: it records 4 iterations .* no restorable checkpoint"
+                                         r".*restart=True \(--restart\)"):
+        run(alg, four, run_dir, progress=False)
+    assert open(os.path.join(run_dir, "metrics.jsonl")).read() == metrics_before  # nothing truncated
+    capsys.readouterr()
+    _, again = run(alg, four, run_dir, progress=False, restart=True)
+    assert "set aside as metrics.jsonl.discarded-" in capsys.readouterr().err
+    assert _strip(again) == _strip(first)
+    kept = [n for n in os.listdir(run_dir) if n.startswith("metrics.jsonl.discarded-")]
+    assert len(kept) == 1 and open(os.path.join(run_dir, kept[0])).read() == metrics_before

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import functools
 import json
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -36,7 +38,9 @@ from tqdm.auto import tqdm
 
 from metarl_jax import sharding
 from metarl_jax.algorithms.base import MetaAlgorithm
+from metarl_jax.records import json_line
 from metarl_jax.training import checkpoint as ckpt
+from metarl_jax.training.interrupts import InterruptRequest, TrainingInterrupted, deferred_interrupts
 from metarl_jax.validation import check_choice, check_int, check_optional_int, check_optional_real, check_real, require
 
 NONFINITE_POLICIES = ("stop", "skip")
@@ -166,19 +170,42 @@ def _scalar_metrics(metrics: dict, index: int) -> dict:
     return out
 
 
-def _truncate_metrics(path: str, num_iterations: int) -> None:
-    """Keep the first ``num_iterations`` lines of ``metrics.jsonl`` (drop work after the checkpoint)."""
+def _truncate_metrics(path: str, num_iterations: int) -> int:
+    """Keep the records of iterations ``< num_iterations`` in the JSON-lines file ``path`` (drop
+    work recorded after the checkpoint); returns how many records were dropped."""
     if not os.path.exists(path):
-        return
+        return 0
     with open(path) as f:
         lines = [line for line in f if line.strip()]
     kept = [line for line in lines if json.loads(line)["iteration"] < num_iterations]
+    if len(kept) == len(lines):
+        return 0
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(kept)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+def _set_aside(path: str) -> str | None:
+    """Rename ``path`` to ``path.discarded-<YYYYmmdd-HHMMSS>`` (kept, out of the way); the new name,
+    or ``None`` when there is no such file."""
+    if not os.path.exists(path):
+        return None
+    target = f"{path}.discarded-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while os.path.exists(target):
+        n += 1
+        target = f"{target.rsplit('~', 1)[0]}~{n}"
+    os.replace(path, target)
+    return target
+
+
+def _note(message: str) -> None:
+    """A line for the user on stderr (outside any progress bar)."""
+    tqdm.write(message, file=sys.stderr)
 
 
 def _read_jsonl(path: str) -> list[dict]:
@@ -224,6 +251,42 @@ def _broadcast_path(path: str | None) -> str | None:
     return os.fsdecode(data[1:].tobytes().rstrip(b"\0"))
 
 
+def _reconcile_records(run_dir: str, metrics_path: str, timings_path: str, restored: bool, step: int,
+                       restart: bool) -> None:
+    """Make the run's records agree with the state training continues from, saying what changes.
+
+    Restored from a checkpoint at ``step``: records of later iterations (work done after it, lost
+    with the process) are dropped, with a note; the resumed run recomputes them identically.
+    Nothing restorable but records on disk: a ``ValueError`` (a resume would silently start
+    over), unless ``restart``, which sets the old records aside as ``*.discarded-<time>``.
+    """
+    recorded = _read_jsonl(metrics_path)
+    if not restored and recorded:
+        if not restart:
+            raise ValueError(
+                f"run_dir={run_dir!r} is invalid: it records {len(recorded)} iterations in metrics.jsonl but holds "
+                "no restorable checkpoint; to start this run over from iteration 0 pass restart=True "
+                "(--restart), which keeps the old records aside as metrics.jsonl.discarded-<time>")
+        kept = [_set_aside(metrics_path), _set_aside(timings_path)]
+        _note(f"starting over at iteration 0 (restart): the {len(recorded)} recorded iterations were set aside as "
+              + ", ".join(os.path.basename(k) for k in kept if k))
+        return
+    dropped = _truncate_metrics(metrics_path, step)
+    _truncate_metrics(timings_path, step)
+    if restored:
+        _note(f"resuming at iteration {step} from its checkpoint"
+              + (f"; {dropped} iterations recorded after it are run again" if dropped else ""))
+
+
+def _requested_signal(request: InterruptRequest) -> int | None:
+    """The stop signal ``request`` holds, agreed over all processes (any process's counts)."""
+    signum = request.signum
+    if jax.process_count() > 1:
+        every = np.asarray(multihost_utils.process_allgather(np.int32(signum or 0)))
+        signum = int(every.max()) or None
+    return signum
+
+
 def _commit(tree):
     """``tree`` with every ``jax.Array`` leaf committed to the device(s) it is on (values unchanged).
 
@@ -244,6 +307,8 @@ def run_loop(
     stop_after: int | None = None,
     desc: str = "meta-iterations",
     metadata: dict | None = None,
+    interrupt: InterruptRequest | None = None,
+    restart: bool = False,
 ) -> tuple[Any, list[dict]]:
     """Run ``step_fn`` from ``init_state`` to ``train_config.num_iterations``; return ``(final state, history)``.
 
@@ -269,8 +334,19 @@ def run_loop(
     its metadata, every ``checkpoint_every`` iterations and at the end), and if
     a checkpoint exists the run resumes from it (``init_state`` then only gives
     the structure) with ``metrics.jsonl`` cut back to its iteration; ``history``
-    then holds the recorded iterations too. ``stop_after`` ends this call after
-    that many iterations (to simulate an interruption).
+    then holds the recorded iterations too (a note on stderr says how many recorded
+    iterations after the checkpoint are run again). Records on disk without any restorable
+    checkpoint raise ``ValueError`` rather than start over silently, unless ``restart``
+    (the old records are then kept as ``metrics.jsonl.discarded-<time>``). ``stop_after``
+    ends this call after that many iterations (to simulate an interruption).
+
+    Interrupts: SIGINT and SIGTERM (:mod:`metarl_jax.training.interrupts`) stop the loop after
+    the current compiled call: it writes a checkpoint of that iteration (with ``run_dir``) and
+    raises :class:`~metarl_jax.training.interrupts.TrainingInterrupted` (a ``KeyboardInterrupt``
+    carrying the iteration, the checkpoint, the state and the history). ``interrupt``: a request
+    a caller already listens with (:func:`~metarl_jax.training.interrupts.deferred_interrupts`, so
+    a signal before the loop starts counts too); ``None``: the loop listens while it runs.
+    Metrics lines are valid JSON: a non-finite value is ``null``, its key listed under ``nonfinite``.
 
     Devices: ``train_config.devices`` (:func:`metarl_jax.sharding.select_devices`) form a
     :func:`metarl_jax.sharding.task_mesh`; with more than one, the state is replicated over it
@@ -292,6 +368,8 @@ def run_loop(
     check_optional_int("stop_after", stop_after, minimum=0)
     require(metadata is None or isinstance(metadata, dict), "metadata", metadata,
             "must be None or a JSON-serialisable dict")
+    require(interrupt is None or isinstance(interrupt, InterruptRequest), "interrupt", interrupt,
+            "must be None or an InterruptRequest (metarl_jax.training.interrupts.deferred_interrupts)")
     metadata = {} if metadata is None else metadata
     _state_step(init_state)
     state = _commit(init_state)
@@ -302,6 +380,7 @@ def run_loop(
         run_dir = _broadcast_path(run_dir if writer else None)
 
     metrics_path = timings_path = ckpt_dir = None
+    restored = None
     if run_dir is not None:
         ckpt_dir = os.path.join(run_dir, "checkpoints")
         if writer:
@@ -312,70 +391,87 @@ def run_loop(
         if restored is not None:
             _, state, _ = restored
         if writer:
-            _truncate_metrics(metrics_path, _state_step(state))
-            _truncate_metrics(timings_path, _state_step(state))
+            _reconcile_records(run_dir, metrics_path, timings_path, restored is not None, _state_step(state), restart)
     history = read_metrics(run_dir) if metrics_path is not None else []
     if jax.process_count() > 1:  # every process continues from process 0's (possibly restored) state
         state = multihost_utils.broadcast_one_to_all(state)
     if spread:
         state = sharding.replicate(state, mesh)
     on_mesh = functools.partial(jax.set_mesh, mesh) if spread else contextlib.nullcontext  # set on entry, undone on exit
+    local = lambda s: sharding.local_copy(s) if spread else s
 
     start = _state_step(state)
     total = int(train_config.num_iterations)
     end = total if stop_after is None else min(total, start + int(stop_after))
-    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress or not writer, dynamic_ncols=True)
-    last_saved = start
+    last_saved = start  # the periodic schedule counts from here
+    saved_at = start if restored is not None else None  # the iteration the newest checkpoint holds
     iteration = start
-    while iteration < end:
-        chunk = min(int(train_config.iterations_per_call), end - iteration)  # never run past the end
-        t0 = time.perf_counter()
-        with on_mesh():
-            new_state, metrics = jit_multi_step(step_fn, chunk)(state)
-        metrics = jax.device_get(metrics)
-        elapsed = time.perf_counter() - t0
-        if train_config.on_nonfinite == "stop":
-            require("grad_finite" in metrics, "step_fn", step_fn,
-                    f"its metrics {sorted(metrics)} lack 'grad_finite' (a bool per iteration), "
-                    "which on_nonfinite='stop' needs")
-            finite = np.asarray(metrics["grad_finite"])
-            if not finite.all():
-                bad = iteration + int(np.argmin(finite))
-                where = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir else None
-                raise NonFiniteGradientError(
-                    f"non-finite meta-gradient at iteration {bad}: training stopped; "
-                    f"last good checkpoint: {where or 'none saved'} (set on_nonfinite='skip' to skip such updates)",
-                    last_good_state=sharding.local_copy(state) if spread else state, history=list(history),
-                )
-        new_step = _state_step(new_state)
-        require(new_step == iteration + chunk, "step_fn", step_fn,
-                f"must add 1 to state.step per iteration: {chunk} iterations took it from {iteration} to {new_step}")
-        state = new_state
-        lines, timing_lines = [], []
-        for j in range(chunk):
-            record = {"iteration": iteration, **_scalar_metrics(metrics, j)}
-            timing = {"iteration": iteration, "seconds": elapsed / chunk}
-            history.append({**record, "seconds": timing["seconds"]})
-            lines.append(json.dumps(record) + "\n")
-            timing_lines.append(json.dumps(timing) + "\n")
-            iteration += 1
-        if metrics_path is not None:
-            with open(metrics_path, "a") as f:
-                f.writelines(lines)
-                f.flush()
-            with open(timings_path, "a") as f:
-                f.writelines(timing_lines)
-                f.flush()
-        bar.update(len(lines))
-        bar.set_postfix({name: f"{history[-1][key]:.3g}" for name, key in
-                         (("post", "post_adaptation_return"), ("pre", "pre_adaptation_return"))
-                         if isinstance(history[-1].get(key), (int, float))})
-        if ckpt_dir is not None and (iteration - last_saved >= train_config.checkpoint_every or iteration >= end):
-            ckpt.save_checkpoint(ckpt_dir, iteration, sharding.local_copy(state) if spread else state,
-                                 {"iteration": iteration, **metadata}, keep=train_config.keep_checkpoints)
-            last_saved = iteration
-    bar.close()
-    return (sharding.local_copy(state) if spread else state), history
+
+    def save(iteration_done: int) -> None:
+        nonlocal last_saved, saved_at
+        if ckpt_dir is not None and saved_at != iteration_done:
+            ckpt.save_checkpoint(ckpt_dir, iteration_done, local(state), {"iteration": iteration_done, **metadata},
+                                 keep=train_config.keep_checkpoints)
+        last_saved = saved_at = iteration_done
+
+    def stop_if_requested(request: InterruptRequest) -> None:
+        signum = _requested_signal(request)
+        if signum is not None:
+            save(iteration)
+            raise TrainingInterrupted(signum, iteration, ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir else None,
+                                      state=local(state), history=list(history))
+
+    signals = contextlib.nullcontext(interrupt) if interrupt is not None else deferred_interrupts()
+    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress or not writer, dynamic_ncols=True)
+    with signals as request, contextlib.closing(bar):
+        stop_if_requested(request)
+        while iteration < end:
+            chunk = min(int(train_config.iterations_per_call), end - iteration)  # never run past the end
+            t0 = time.perf_counter()
+            with on_mesh():
+                new_state, metrics = jit_multi_step(step_fn, chunk)(state)
+            metrics = jax.device_get(metrics)
+            elapsed = time.perf_counter() - t0
+            if train_config.on_nonfinite == "stop":
+                require("grad_finite" in metrics, "step_fn", step_fn,
+                        f"its metrics {sorted(metrics)} lack 'grad_finite' (a bool per iteration), "
+                        "which on_nonfinite='stop' needs")
+                finite = np.asarray(metrics["grad_finite"])
+                if not finite.all():
+                    bad = iteration + int(np.argmin(finite))
+                    where = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir else None
+                    raise NonFiniteGradientError(
+                        f"non-finite meta-gradient at iteration {bad}: training stopped; "
+                        f"last good checkpoint: {where or 'none saved'} (set on_nonfinite='skip' to skip such updates)",
+                        last_good_state=local(state), history=list(history),
+                    )
+            new_step = _state_step(new_state)
+            require(new_step == iteration + chunk, "step_fn", step_fn,
+                    f"must add 1 to state.step per iteration: {chunk} iterations took it from {iteration} to {new_step}")
+            state = new_state
+            lines, timing_lines = [], []
+            for j in range(chunk):
+                record = {"iteration": iteration, **_scalar_metrics(metrics, j)}
+                timing = {"iteration": iteration, "seconds": elapsed / chunk}
+                history.append({**record, "seconds": timing["seconds"]})
+                lines.append(json_line(record))
+                timing_lines.append(json_line(timing))
+                iteration += 1
+            if metrics_path is not None:
+                with open(metrics_path, "a") as f:
+                    f.writelines(lines)
+                    f.flush()
+                with open(timings_path, "a") as f:
+                    f.writelines(timing_lines)
+                    f.flush()
+            bar.update(len(lines))
+            bar.set_postfix({name: f"{history[-1][key]:.3g}" for name, key in
+                             (("post", "post_adaptation_return"), ("pre", "pre_adaptation_return"))
+                             if isinstance(history[-1].get(key), (int, float))})
+            if iteration - last_saved >= train_config.checkpoint_every or iteration >= end:
+                save(iteration)
+            stop_if_requested(request)
+    return local(state), history
 
 
 def run(
@@ -387,11 +483,14 @@ def run(
     stop_after: int | None = None,
     desc: str = "meta-iterations",
     metadata: dict | None = None,
+    interrupt: InterruptRequest | None = None,
+    restart: bool = False,
 ) -> tuple[Any, list[dict]]:
     """Run ``algorithm`` from ``algorithm.init(PRNGKey(train_config.seed))``; return ``(final state, history)``.
 
     :func:`run_loop` over ``algorithm.step`` (see there: ``metrics.jsonl``, checkpoints, resume from
-    the latest checkpoint in ``run_dir/checkpoints``, ``stop_after``, the non-finite policy). The
+    the latest checkpoint in ``run_dir/checkpoints``, ``restart``, ``stop_after``, interrupts, the
+    non-finite policy). The
     algorithm decides what one iteration is (MAML, TRPO, ProMP, multi-task, any wrapper); the loop
     knows none of them.
     """
@@ -400,7 +499,7 @@ def run(
     require(isinstance(train_config, TrainConfig), "train_config", train_config, "must be a TrainConfig")
     state = algorithm.init(jax.random.PRNGKey(train_config.seed))
     return run_loop(algorithm.step, state, train_config, run_dir, progress=progress, stop_after=stop_after,
-                    desc=desc, metadata=metadata)
+                    desc=desc, metadata=metadata, interrupt=interrupt, restart=restart)
 
 
 def load_meta_params(checkpoint_dir: str, algorithm: MetaAlgorithm):

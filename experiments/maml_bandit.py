@@ -5,4 +5,4 @@ from metarl_jax.experiments.maml_bandit import *  # noqa: F401,F403
 from metarl_jax.experiments.maml_bandit import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -5,4 +5,4 @@ from metarl_jax.experiments.maml_tabular_q import *  # noqa: F401,F403
 from metarl_jax.experiments.maml_tabular_q import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

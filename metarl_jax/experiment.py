@@ -15,12 +15,15 @@ import datetime
 import functools
 import json
 import os
+import shlex
+import signal
 import sys
 from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from metarl_jax import evaluation, plotting
 from metarl_jax.learners.pg import ESTIMATORS, PLAIN_LOSS_ESTIMATORS, PGConfig, PolicyGradientLearner
@@ -29,13 +32,15 @@ from metarl_jax.algorithms.maml import MAMLConfig, auto_task_chunk, init_meta_pa
 from metarl_jax.algorithms.multitask import multitask
 from metarl_jax.algorithms.outer import ProMPConfig, TRPOConfig, promp, trpo
 from metarl_jax.networks import make_policy_for
-from metarl_jax.records import finite_json, write_json  # noqa: F401  (re-exported: experiments write through them)
+from metarl_jax.records import finite_json, json_line, write_json  # noqa: F401  (finite_json re-exported)
 from metarl_jax.rollout import rollout
 from metarl_jax.tasks import FAMILY_NAMES, make_family, sample_tasks
+from metarl_jax.training import checkpoint as ckpt
 from metarl_jax.training import distributed
+from metarl_jax.training.interrupts import InterruptRequest, TrainingInterrupted, deferred_interrupts
 from metarl_jax.training.loop import TrainConfig, make_optimizer
 from metarl_jax.training.loop import run as training_run
-from metarl_jax.validation import check_bool, check_choice, check_int, check_int_sequence, check_optional_int, check_optional_real, check_real, is_int, require
+from metarl_jax.validation import check_bool, check_choice, check_int, check_int_sequence, check_optional_int, check_optional_real, check_real, check_writable_dir, is_int, require
 
 
 #: Inner step sizes by ``(task, learner)`` under the config's surrogate defaults (``normalize="step"``,
@@ -81,6 +86,8 @@ class MAMLExperimentConfig:
     outer_lr: float = 3e-3
     lr_schedule: str = "cosine"
     """outer step size over the run: 'cosine' (decays to 10% of outer_lr by num_iterations) or 'constant'"""
+    lr_decay_iterations: int | None = None
+    """iterations the cosine schedule decays over (None: num_iterations; a run extended on resume keeps its original schedule and continues at the final step size)"""
     max_grad_norm: float | None = 10.0
     hidden_sizes: tuple[int, ...] = (100, 100)
     tabular_policy: bool = False
@@ -117,7 +124,9 @@ class MAMLExperimentConfig:
     on_nonfinite: str = "stop"
     out_dir: str = "runs"
     run_dir: str | None = None
-    """resume this run directory instead of starting a new one"""
+    """a run directory: resume the run it holds (its saved config; other flags only to extend --num-iterations), or start a new run in it when new or empty"""
+    restart: bool = False
+    """with run_dir: start its run over from iteration 0 when it holds no restorable checkpoint (old records are kept aside)"""
     name: str = "maml"
     algorithm: str = "maml"
     """outer algorithm: 'maml' (Adam on the meta-gradient through the adaptation), 'trpo' (the MAML paper's outer rule: a natural-gradient step in a KL trust region of size max_kl), 'promp' (ProMP: num_outer_steps Adam steps at outer_lr on a clipped surrogate per sampled batch; ProMP proper uses --estimator lvc), 'multitask' (the baseline: trains the start without adaptation)"""
@@ -162,6 +171,10 @@ class MAMLExperimentConfig:
         # A tuple (a list from JSON or Python is accepted), so the config stays hashable.
         object.__setattr__(self, "hidden_sizes", check_int_sequence("hidden_sizes", self.hidden_sizes))
         check_bool("tabular_policy", self.tabular_policy)
+        check_bool("restart", self.restart)
+        require(self.run_dir is None or (isinstance(self.run_dir, str) and self.run_dir != ""), "run_dir", self.run_dir,
+                "must be None or a directory path")
+        require(isinstance(self.out_dir, str) and self.out_dir != "", "out_dir", self.out_dir, "must be a directory path")
         check_real("init_log_std", self.init_log_std)
         check_optional_real("inner_lr", self.inner_lr, minimum=0.0, min_open=True)
         for name in ("gae_lambda", "value_coef", "entropy_coef", "epsilon", "temperature"):
@@ -234,7 +247,8 @@ class MAMLExperimentConfig:
         return TrainConfig(num_iterations=self.num_iterations, meta_batch=self.meta_batch, outer_lr=self.outer_lr,
                            seed=self.seed, iterations_per_call=self.iterations_per_call,
                            checkpoint_every=self.checkpoint_every, on_nonfinite=self.on_nonfinite,
-                           max_grad_norm=self.max_grad_norm, lr_schedule=self.lr_schedule, devices=self.devices)
+                           max_grad_norm=self.max_grad_norm, lr_schedule=self.lr_schedule, devices=self.devices,
+                           decay_iterations=self.lr_decay_iterations)
 
 
 def _build_pg(config: MAMLExperimentConfig, family):
@@ -309,7 +323,7 @@ def build(config: MAMLExperimentConfig):
 
 
 #: Fields that do not change the compiled meta-iteration (where the run goes, how it is evaluated).
-_RUN_ONLY_FIELDS = ("seed", "out_dir", "run_dir", "name", "eval_tasks", "eval_steps", "checkpoint_every")
+_RUN_ONLY_FIELDS = ("seed", "out_dir", "run_dir", "restart", "name", "eval_tasks", "eval_steps", "checkpoint_every")
 
 
 @functools.lru_cache(maxsize=8)
@@ -348,9 +362,169 @@ def new_timestamped_dir(parent: str) -> str:
 
 
 def new_run_dir(config: MAMLExperimentConfig) -> str:
+    """``config.run_dir``, or a new directory ``out_dir/name/<timestamp>`` (created)."""
     if config.run_dir is not None:
         return config.run_dir
     return new_timestamped_dir(os.path.join(config.out_dir, config.name))
+
+
+class RunRefused(ValueError):
+    """A run that must not start, refused before any work and before any directory is made: a
+    config that conflicts with the run directory it names, a run directory that cannot be resumed,
+    an output directory that cannot be written, a config far beyond the machine's memory.
+    The message is one line, ``field=value is invalid: ...``."""
+
+
+#: Fields a resume may change: where and how the run executes, not what it computes (results equal
+#: up to float rounding). Any other field given with ``run_dir`` must equal the saved config's.
+EXECUTION_FIELDS = ("run_dir", "restart", "devices", "coordinator_address", "num_processes", "process_id",
+                    "task_chunk", "iterations_per_call", "checkpoint_every")
+
+#: A run directory's record of its starts, resumes and extensions: one JSON line per invocation.
+RUN_HISTORY = "history.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What :func:`run` will do: train ``config`` (the effective config) in ``run_dir``.
+
+    ``new``: a new run (``run_dir`` is made and ``config.json`` written once); otherwise a resume
+    from the checkpoint at ``from_iteration`` (``None``: none, a restart). ``event``: the line
+    appended to the run's ``history.jsonl``.
+    """
+
+    config: MAMLExperimentConfig
+    run_dir: str | None
+    new: bool
+    from_iteration: int | None
+    event: dict
+
+
+def read_run(run_dir: str) -> tuple[dict, list[dict]] | None:
+    """``(saved config fields, history lines)`` of the run in ``run_dir``; ``None`` if it holds no ``config.json``."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunRefused(f"run_dir={run_dir!r} is invalid: its config.json cannot be read ({err})") from None
+    history_path = os.path.join(run_dir, RUN_HISTORY)
+    history = []
+    if os.path.isfile(history_path):
+        with open(history_path) as f:
+            history = [json.loads(line) for line in f if line.strip()]
+    return saved, history
+
+
+def saved_config(config_cls, run_dir: str, saved: dict, history: list[dict]) -> MAMLExperimentConfig:
+    """The config the run in ``run_dir`` trains: ``config.json`` with the iteration count (and
+    schedule) of its latest recorded extension, as ``config_cls``."""
+    fields = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    unknown = sorted(set(saved) - fields - {"nonfinite_values"})
+    if unknown:
+        raise RunRefused(f"run_dir={run_dir!r} is invalid: its config.json has fields this version does not know: "
+                         f"{', '.join(unknown)}")
+    values = {k: v for k, v in saved.items() if k in fields}
+    extension = [h for h in history if "num_iterations" in h and "lr_decay_iterations" in h]
+    if extension:
+        values.update(num_iterations=extension[-1]["num_iterations"],
+                      lr_decay_iterations=extension[-1]["lr_decay_iterations"])
+    try:
+        return config_cls(**values)
+    except ValueError as err:
+        raise RunRefused(f"run_dir={run_dir!r} is invalid: its config.json is not a valid config ({err})") from None
+
+
+def _show(value) -> str:
+    return repr(tuple(value) if isinstance(value, list) else value)
+
+
+def plan_run(config: MAMLExperimentConfig, command: str | None = None) -> RunPlan:
+    """Decide, before any work, what ``run(config)`` does; :class:`RunRefused` when it must not.
+
+    - ``run_dir`` is ``None``: a new run in a new ``out_dir/name/<timestamp>``.
+    - ``run_dir`` new or an empty directory: a new run there.
+    - ``run_dir`` holds a run (``config.json``): resume exactly that run. Every field of ``config``
+      outside :data:`EXECUTION_FIELDS` must equal the saved config's, except ``num_iterations``:
+      the saved count, or a larger one, which extends the run (recorded in ``history.jsonl``; the
+      cosine schedule keeps its original length, so nothing the run computed changes). A run with
+      no checkpoint is refused unless ``restart``, which then starts it over from iteration 0;
+      ``restart`` with a checkpoint is refused (resume instead).
+    - ``run_dir`` holds files but no ``config.json``: refused (not a run directory).
+    """
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    base_event = {"time": now, "command": command} if command else {"time": now}
+    run_dir = config.run_dir
+    if run_dir is None or not os.path.exists(run_dir) or (os.path.isdir(run_dir) and not os.listdir(run_dir)):
+        _check_output_dir(config.out_dir if run_dir is None else run_dir, "out_dir" if run_dir is None else "run_dir")
+        if config.restart:
+            raise RunRefused(f"restart=True is invalid: run_dir={run_dir!r} holds no run to start over")
+        return RunPlan(config, run_dir, True, None,
+                       {"event": "start", **base_event, "num_iterations": config.num_iterations})
+    if not os.path.isdir(run_dir):
+        raise RunRefused(f"run_dir={run_dir!r} is invalid: it is not a directory")
+    found = read_run(run_dir)
+    if found is None:
+        raise RunRefused(f"run_dir={run_dir!r} is invalid: it holds files but no config.json, so it is not a run "
+                         "directory; give a new or empty directory to start a run there")
+    _check_output_dir(run_dir, "run_dir")
+    saved = saved_config(type(config), run_dir, *found)
+    first = found[0]
+    differences = [f"{f.name}={_show(getattr(config, f.name))} (saved {_show(getattr(saved, f.name))})"
+                   for f in dataclasses.fields(config)
+                   if f.init and f.name not in EXECUTION_FIELDS + ("num_iterations",)
+                   and getattr(config, f.name) != getattr(saved, f.name)
+                   and not (f.name == "lr_decay_iterations" and config.lr_decay_iterations is None)]
+    if differences:
+        raise RunRefused(f"run_dir={run_dir!r} is invalid: given with flags that differ from the run's saved config: "
+                         f"{'; '.join(differences)}. Resume with --run-dir alone (the iteration count may grow), "
+                         "or start a new run without --run-dir")
+    original = int(first["num_iterations"])
+    target = int(saved.num_iterations)
+    wanted = int(config.num_iterations)
+    if wanted not in (original, target) and wanted < target:
+        raise RunRefused(f"num_iterations={wanted} is invalid: the run in {run_dir!r} trains to {target} iterations; "
+                         "a resume may extend it (a larger number), never shorten it")
+    effective = dataclasses.replace(saved, **{f: getattr(config, f) for f in EXECUTION_FIELDS})
+    event = {**base_event}
+    if wanted > target:
+        decay = saved.lr_decay_iterations if saved.lr_decay_iterations is not None else original
+        effective = dataclasses.replace(effective, num_iterations=wanted, lr_decay_iterations=decay)
+        event.update(event="extend", num_iterations_before=target, num_iterations=wanted, lr_decay_iterations=decay)
+    changed = {f: [getattr(saved, f), getattr(config, f)] for f in EXECUTION_FIELDS
+               if f not in ("run_dir", "restart") and getattr(saved, f) != getattr(config, f)}
+    if changed:
+        event["execution_changes"] = changed
+    steps = [step for step, _ in ckpt.list_checkpoints(os.path.join(run_dir, "checkpoints"))]
+    if not steps:
+        if not config.restart:
+            raise RunRefused(f"run_dir={run_dir!r} is invalid: it holds no checkpoint to resume from; pass --restart "
+                             "(restart=True) to start this run over from iteration 0 (recorded metrics are kept aside)")
+        event.setdefault("event", "restart")
+        return RunPlan(effective, run_dir, False, None, event)
+    if config.restart:
+        raise RunRefused(f"restart=True is invalid: run_dir={run_dir!r} has a checkpoint at iteration {steps[-1]}; "
+                         "resume it with --run-dir alone")
+    event.setdefault("event", "resume")
+    event["from_iteration"] = steps[-1]
+    return RunPlan(effective, run_dir, False, steps[-1], event)
+
+
+def _check_output_dir(path: str, field: str) -> None:
+    """:class:`RunRefused` unless ``path`` is, or can be made as, a writable directory."""
+    try:
+        check_writable_dir(field, path)
+    except ValueError as err:
+        raise RunRefused(str(err)) from None
+
+
+def _append_history(run_dir: str, event: dict) -> None:
+    with open(os.path.join(run_dir, RUN_HISTORY), "a") as f:
+        f.write(json_line(event))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def format_table(rows: list[tuple[str, ...]]) -> str:
@@ -418,58 +592,116 @@ def navigation_paths(family, learner, maml_config, meta_params, seed: int, num_t
     return np.asarray(tasks.goal), np.asarray(pre), np.asarray(post)
 
 
-def run(config: MAMLExperimentConfig, progress: bool = True) -> dict:
+def _phases(progress: bool, total: int):
+    """A progress bar over the phases after training (evaluation, plots)."""
+    return tqdm(total=total, desc="evaluation and plots", disable=not progress, dynamic_ncols=True,
+                bar_format="{desc}: {n}/{total} phases [{elapsed}]{postfix}")
+
+
+def run(config: MAMLExperimentConfig, progress: bool = True, *, interrupt: InterruptRequest | None = None,
+        command: str | None = None) -> dict:
     """Meta-train, evaluate, print the table and write every artefact. Returns the summary.
+
+    First :func:`plan_run` decides, before any work, whether this is a new run or the resume of
+    ``config.run_dir`` (:class:`RunRefused` when it must not start; nothing is created then);
+    :mod:`metarl_jax.resources` checks the config against the machine's memory. A new run writes
+    ``config.json`` once; every start, resume and extension appends a line to ``history.jsonl``
+    (``command``: the command line, recorded there). Each checkpoint's metadata holds the config.
+    Training stops cleanly at SIGINT / SIGTERM (``interrupt``: a request the caller listens with;
+    :class:`~metarl_jax.training.interrupts.TrainingInterrupted` is raised after a checkpoint),
+    also between the phases after training. The summary counts ``skipped_updates`` (non-finite
+    meta-gradients skipped under ``on_nonfinite="skip"``).
 
     Several hosts (``coordinator_address``, ``num_processes``, ``process_id``, or their
     environment variables; :mod:`metarl_jax.training.distributed`, which must start before
     the library is imported: ``python -m experiments.*`` does so): every process trains;
     process 0 alone evaluates and writes files, the others return ``{"iterations", "process_index"}``.
     """
+    plan = plan_run(config, command)
+    config = plan.config
     distributed.initialize(config.coordinator_address, config.num_processes, config.process_id)
     family, learner, maml_config, train_config = build(config)
+    algorithm = build_algorithm(config)
+    metadata = {"algorithm": config.algorithm, "config": dataclasses.asdict(config)}
     if jax.process_index() != 0:
-        state, _ = training_run(build_algorithm(config), train_config, None, progress=False)
+        state, _ = training_run(algorithm, train_config, None, progress=False, interrupt=interrupt, metadata=metadata)
         return {"iterations": int(state.step), "process_index": jax.process_index()}
     run_dir = new_run_dir(config)
-    os.makedirs(run_dir, exist_ok=True)
-    write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(config))
-    print(f"run directory: {run_dir}  (jax {jax.__version__} on {jax.devices()[0].platform})")
-    state, history = training_run(build_algorithm(config), train_config, run_dir, progress=progress,
-                                  desc=f"meta-iterations ({config.algorithm})", metadata={"algorithm": config.algorithm})
+    if plan.new:
+        os.makedirs(run_dir, exist_ok=True)
+        write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(config))
+    _append_history(run_dir, plan.event)
+    resume = (f"resuming from iteration {plan.from_iteration}" if plan.from_iteration != config.num_iterations
+              else f"complete at {plan.from_iteration} iterations: evaluating again")
+    what = {"start": "new run", "resume": resume,
+            "extend": f"extending to {config.num_iterations} iterations", "restart": "starting over"}[plan.event["event"]]
+    print(f"run directory: {run_dir}  ({what}; jax {jax.__version__} on {jax.devices()[0].platform})", flush=True)
+    state, history = training_run(algorithm, train_config, run_dir, progress=progress, interrupt=interrupt,
+                                  restart=config.restart, desc=f"meta-iterations ({config.algorithm})",
+                                  metadata=metadata)
+    iterations = int(state.step)
+    navigation = config.task == "navigation" and config.learner in ("pg", "ac")
+    bar = _phases(progress, 4 + navigation)
+    started = []
+
+    def phase(name: str | None) -> None:
+        """Mark the running phase done and start ``name`` (``None``: the end)."""
+        if interrupt is not None and interrupt.requested:  # stop between phases; training is checkpointed
+            bar.close()
+            raise TrainingInterrupted(interrupt.signum, iterations,
+                                      ckpt.latest_checkpoint(os.path.join(run_dir, "checkpoints")), state, history)
+        if started:
+            bar.update(1)
+        started.append(name)
+        if name is not None:
+            bar.set_postfix_str(name, refresh=True)
+
+    phase(f"adaptation curves on {config.eval_tasks} held-out tasks, k = 0..{config.evaluated_steps}")
     result = evaluate(config, family, learner, maml_config, state.meta_params)
     result["run_dir"] = run_dir
-    result["iterations"] = int(state.step)
+    result["iterations"] = iterations
+    result["skipped_updates"] = sum(1 for h in history if h.get("grad_finite") is False)
     result["seconds_per_iteration_median"] = float(np.median([h["seconds"] for h in history[1:] if "seconds" in h] or [0.0]))
-    print(result_table(result))
+    phase("learning curve")
     plotting.plot_learning_curve(history, os.path.join(run_dir, "learning_curve.png"),
                                  title=f"{config.name}: {config.task}, {config.learner}, {config.estimator}")
+    phase("adaptation curve")
     optimum = result.get("optimum", {}).get("mean")
     plotting.plot_adaptation_curves(result["curves"], os.path.join(run_dir, "adaptation_curve.png"), optimum,
                                     trained_steps=maml_config.inner_steps)
-    if config.task == "navigation" and config.learner in ("pg", "ac"):
+    if navigation:
+        phase("navigation paths")
         goals, pre, post = navigation_paths(family, learner, maml_config, state.meta_params, config.seed)
         plotting.plot_navigation_paths(goals, pre, post, os.path.join(run_dir, "paths.png"), family.goal_range,
                                        num_steps=maml_config.inner_steps)
+    phase("summary")
     write_json(os.path.join(run_dir, "summary.json"), result)
-    print(f"wrote {run_dir}/{{config.json, metrics.jsonl, timings.jsonl, summary.json, *.png, checkpoints/}}")
+    phase(None)
+    bar.close()
+    print(result_table(result))
+    if result["skipped_updates"]:
+        print(f"warning: {result['skipped_updates']} of {len(history)} meta-updates were skipped (non-finite "
+              "meta-gradient, on_nonfinite='skip'); see 'grad_finite' and 'nonfinite' in metrics.jsonl", file=sys.stderr)
+    print(f"wrote {run_dir}/{{config.json, history.jsonl, metrics.jsonl, timings.jsonl, summary.json, *.png, checkpoints/}}")
     return result
 
 
-def parse_cli(config_cls, argv=None, description: str | None = None):
+def parse_cli(config_cls, argv=None, description: str | None = None, defaults: dict | None = None):
     """A config dataclass from the command line (tyro), validated.
 
     A rejected value prints one line, ``error: <field>=<value> is invalid: <allowed>``, on stderr and
     exits with status 2, without a traceback. tyro parses into a subclass whose ``__post_init__`` does
     nothing (tyro would report the config's ``ValueError`` in a multi-line box); the config itself is
-    built here from the parsed fields, so it is validated exactly as in Python.
+    built here from the parsed fields, so it is validated exactly as in Python. ``defaults``: field
+    values that replace the class's defaults (a resumed run's saved config).
     """
     import tyro
 
     unchecked = type(config_cls.__name__, (config_cls,), {
         "__post_init__": lambda self: None, "__doc__": config_cls.__doc__,
         "__module__": config_cls.__module__, "__qualname__": config_cls.__qualname__})
-    parsed = tyro.cli(unchecked, args=argv, description=description)
+    kwargs = {} if defaults is None else {"default": unchecked(**defaults)}
+    parsed = tyro.cli(unchecked, args=argv, description=description, **kwargs)
     values = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(config_cls) if f.init}
     try:
         return config_cls(**values)
@@ -478,10 +710,81 @@ def parse_cli(config_cls, argv=None, description: str | None = None):
         raise SystemExit(2) from None
 
 
-def cli_main(config_cls, argv=None, description: str | None = None) -> dict | None:
-    """Parse a config dataclass from the command line (:func:`parse_cli`) and run it.
+#: Exit statuses of the experiment command lines (besides 0, and 1 for an unexpected error with its traceback).
+EXIT_REFUSED = 2
+EXIT_SKIPPED_UPDATES = 3
 
-    A rejected value prints ``error: <field>=<value> is invalid: <allowed>`` and exits with status 2,
-    without a traceback.
+
+def invocation(argv0: str | None = None) -> str:
+    """How the running command line was invoked, to repeat it: ``python -m experiments.maml_navigation``
+    for a module under the current directory, else the program's name (a console script)."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if argv0.endswith(".py"):
+        path = os.path.abspath(argv0)
+        rel = os.path.relpath(path, os.getcwd())
+        if not rel.startswith(".."):
+            return f"python -m {rel[:-3].replace(os.sep, '.')}"
+        return f"python {path}"
+    return os.path.basename(argv0) or "python -m experiments.maml"
+
+
+def _run_dir_in(argv: list[str]) -> str | None:
+    """The value of ``--run-dir`` (or ``--run_dir``) in ``argv``, if given."""
+    for i, arg in enumerate(argv):
+        for flag in ("--run-dir", "--run_dir"):
+            if arg == flag and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(flag + "="):
+                return arg[len(flag) + 1:]
+    return None
+
+
+def _resume_defaults(config_cls, argv: list[str]) -> dict | None:
+    """The saved config of the run ``--run-dir`` names (flags not given take its values), if it holds one."""
+    run_dir = _run_dir_in(argv)
+    if run_dir is None or not os.path.isdir(run_dir):
+        return None
+    try:
+        found = read_run(run_dir)
+        if found is None:
+            return None
+        return {f.name: getattr(c, f.name) for c in [saved_config(config_cls, run_dir, *found)]
+                for f in dataclasses.fields(c) if f.init}
+    except RunRefused as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_REFUSED) from None
+
+
+def cli_main(config_cls, argv=None, description: str | None = None) -> int:
+    """Parse a config dataclass from the command line (:func:`parse_cli`), run it; the exit status.
+
+    ``--run-dir DIR`` of a saved run resumes it: the run's saved config supplies every flag not
+    given (:func:`plan_run` refuses flags that differ from it, except a larger ``--num-iterations``).
+    Exit statuses: 0; 2 (:data:`EXIT_REFUSED`, as ``SystemExit(2)``) for a rejected value or a refused
+    start, one line ``error: <field>=<value> is invalid: <allowed>`` and no traceback, nothing created;
+    3 (:data:`EXIT_SKIPPED_UPDATES`) when the run finished but skipped non-finite updates;
+    130 / 143 after SIGINT / SIGTERM (a checkpoint is written and the resume command printed);
+    1 with a traceback for an unexpected internal error.
     """
-    return run(parse_cli(config_cls, argv, description))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with deferred_interrupts() as request:
+        config = parse_cli(config_cls, argv, description, defaults=_resume_defaults(config_cls, argv))
+        try:
+            result = run(config, interrupt=request, command=" ".join([invocation(), *argv]))
+        except RunRefused as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(EXIT_REFUSED) from None
+        except TrainingInterrupted as stop:
+            run_dir = os.path.dirname(os.path.dirname(stop.checkpoint)) if stop.checkpoint else config.run_dir
+            print(f"{signal.Signals(stop.signum).name}: stopped after iteration {stop.iteration}"
+                  + (f"; checkpoint {stop.checkpoint}" if stop.checkpoint else "")
+                  + (f"\nresume with: {invocation()} --run-dir {shlex.quote(run_dir)}" if run_dir else ""),
+                  file=sys.stderr, flush=True)
+            return stop.exit_status
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once (checkpoints on disk are crash-safe)
+            print("interrupted (a second Ctrl-C): stopped at once; the latest checkpoint on disk is intact",
+                  file=sys.stderr, flush=True)
+            return 130
+    if isinstance(result, dict) and result.get("skipped_updates"):
+        return EXIT_SKIPPED_UPDATES
+    return 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,6 +41,7 @@ __all__ = [
     "check_int_sequence",
     "check_real_sequence",
     "check_interval",
+    "check_writable_dir",
 ]
 
 
@@ -234,3 +236,35 @@ def check_interval(field: str, value: Any, *, minimum: float | None = None,
     high = "" if maximum is None else f" <= {_number(maximum)}"
     require(ok, field, value, f"must be a pair (lo, hi) of finite numbers with {low}lo < hi{high}")
     return float(value[0]), float(value[1])
+
+
+def check_writable_dir(field: str, path: Any) -> str:
+    """``path`` if an output directory can be used there, else ``ValueError``; nothing is created.
+
+    Allowed: an existing writable directory, or a path that does not exist yet whose nearest
+    existing ancestor is a writable directory (so ``os.makedirs`` can create it). Refused, each
+    named in the message: an empty or non-string path, a path that is a regular file (or any
+    non-directory), a path that lies under a regular file, a dangling symbolic link, and a
+    directory without write permission. Write permission is read with ``os.access`` (best effort:
+    a privileged user passes it everywhere). Message:
+    ``"out_dir='f/runs' is invalid: it lies under the regular file 'f'; must be a writable directory
+    or a path where one can be created"``.
+    """
+    allowed = "must be a writable directory or a path where one can be created"
+    require(isinstance(path, (str, os.PathLike)) and os.fspath(path) != "", field, path, f"{allowed} (a non-empty path)")
+    full = os.path.abspath(os.fspath(path))
+    if os.path.lexists(full) and not os.path.exists(full):
+        require(False, field, path, f"it is a symbolic link to nothing; {allowed}")
+    if os.path.exists(full):
+        kind = "a regular file" if os.path.isfile(full) else "not a directory"
+        require(os.path.isdir(full), field, path, f"it is {kind}; {allowed}")
+        require(os.access(full, os.W_OK | os.X_OK), field, path, f"{full!r} is not writable; {allowed}")
+        return os.fspath(path)
+    ancestor = os.path.dirname(full)
+    while not os.path.exists(ancestor) and not os.path.lexists(ancestor) and ancestor != os.path.dirname(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        kind = "regular file" if os.path.isfile(ancestor) else "non-directory"
+        require(False, field, path, f"it lies under the {kind} {ancestor!r}; {allowed}")
+    require(os.access(ancestor, os.W_OK | os.X_OK), field, path, f"{ancestor!r} is not writable; {allowed}")
+    return os.fspath(path)

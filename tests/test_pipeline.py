@@ -214,9 +214,12 @@ def trained_run(tmp_path_factory):
 
 def test_deploy_cli_runs_end_to_end(trained_run, tmp_path, capsys):
     out = str(tmp_path / "out")
-    payload = deploy_cli.main(["--checkpoint", os.path.join(trained_run, "checkpoints"), "--task", "0.1,0.9",
-                               "--rounds", "3", "--out-dir", out])
+    assert deploy_cli.main(["--checkpoint", os.path.join(trained_run, "checkpoints"), "--task", "0.1,0.9",
+                            "--rounds", "3", "--out-dir", out]) == 0  # an exit status, as a console script needs
     printed = capsys.readouterr().out
+    (first_name,) = os.listdir(out)
+    with open(os.path.join(out, first_name, "deploy.json")) as f:
+        payload = json.load(f)
     # round 2: return, mode-policy return, the round the next update starts from, pulls of 2 arms
     assert re.search(r"^\s*2\s+\S+\s+\S+\s+[012]\s+\d+ \d+\s*$", printed, re.M), printed
     assert len(payload["returns"]) == 3 and np.asarray(payload["action_counts"]).shape == (3, 2)
@@ -229,8 +232,9 @@ def test_deploy_cli_runs_end_to_end(trained_run, tmp_path, capsys):
         first_bytes = f.read()
     assert json.loads(first_bytes)["task"]["probs"] == pytest.approx([0.1, 0.9])
     # A second deploy keeps the first's files: it writes to a new directory.
-    second = deploy_cli.main(["--checkpoint", os.path.join(trained_run, "checkpoints"), "--task", "0.9,0.1",
-                              "--rounds", "3", "--out-dir", out])["out_dir"]
+    assert deploy_cli.main(["--checkpoint", os.path.join(trained_run, "checkpoints"), "--task", "0.9,0.1",
+                            "--rounds", "3", "--out-dir", out]) == 0
+    (second,) = [os.path.join(out, n) for n in os.listdir(out) if n != first_name]
     assert second != first and sorted(os.listdir(out)) == sorted(os.path.basename(d) for d in (first, second))
     with open(os.path.join(first, "deploy.json")) as f:
         assert f.read() == first_bytes

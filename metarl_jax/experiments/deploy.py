@@ -197,15 +197,17 @@ def run(config: DeployConfig) -> dict:
     return payload
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Parse the flags and run; a bad path or value prints ``error: ...`` and exits with status 2."""
+def main(argv: list[str] | None = None) -> int:
+    """Parse the flags and run (:func:`run`, whose payload lands in ``<out dir>/deploy.json``); returns
+    the exit status, 0. A bad path or value prints ``error: ...`` and exits with status 2."""
     config = parse_cli(DeployConfig, argv, description=__doc__)
     try:
-        return run(config)
+        run(config)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

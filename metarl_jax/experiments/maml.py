@@ -9,10 +9,10 @@
 from metarl_jax.experiment import MAMLExperimentConfig, cli_main
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    """Parse ``argv`` (default: the command line) into a :class:`MAMLExperimentConfig` and run it."""
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line) into a :class:`MAMLExperimentConfig` and run it; returns the exit status (metarl_jax.experiment.cli_main)."""
     return cli_main(MAMLExperimentConfig, argv, description=__doc__)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -27,10 +27,10 @@ class AcrobotTargetConfig(MAMLExperimentConfig):
     hidden_sizes: tuple[int, ...] = (64, 64)
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    """Parse ``argv`` (default: the command line) into a :class:`AcrobotTargetConfig` and run it."""
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line) into a :class:`AcrobotTargetConfig` and run it; returns the exit status (metarl_jax.experiment.cli_main)."""
     return cli_main(AcrobotTargetConfig, argv, description=__doc__)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -35,10 +35,10 @@ class BanditConfig(MAMLExperimentConfig):
     hidden_sizes: tuple[int, ...] = (32,)
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    """Parse ``argv`` (default: the command line) into a :class:`BanditConfig` and run it."""
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line) into a :class:`BanditConfig` and run it; returns the exit status (metarl_jax.experiment.cli_main)."""
     return cli_main(BanditConfig, argv, description=__doc__)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -29,10 +29,10 @@ class CartPoleTargetConfig(MAMLExperimentConfig):
     hidden_sizes: tuple[int, ...] = (64, 64)
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    """Parse ``argv`` (default: the command line) into a :class:`CartPoleTargetConfig` and run it."""
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line) into a :class:`CartPoleTargetConfig` and run it; returns the exit status (metarl_jax.experiment.cli_main)."""
     return cli_main(CartPoleTargetConfig, argv, description=__doc__)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

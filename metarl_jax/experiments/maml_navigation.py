@@ -26,10 +26,10 @@ class NavigationConfig(MAMLExperimentConfig):
     estimator: str = "lvc"
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    """Parse ``argv`` (default: the command line) into a :class:`NavigationConfig` and run it."""
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line) into a :class:`NavigationConfig` and run it; returns the exit status (metarl_jax.experiment.cli_main)."""
     return cli_main(NavigationConfig, argv, description=__doc__)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

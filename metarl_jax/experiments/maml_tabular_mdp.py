@@ -40,10 +40,10 @@ class TabularMDPConfig(MAMLExperimentConfig):
     hidden_sizes: tuple[int, ...] = (64,)
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    """Parse ``argv`` (default: the command line) into a :class:`TabularMDPConfig` and run it."""
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line) into a :class:`TabularMDPConfig` and run it; returns the exit status (metarl_jax.experiment.cli_main)."""
     return cli_main(TabularMDPConfig, argv, description=__doc__)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -39,10 +39,10 @@ class TabularQConfig(MAMLExperimentConfig):
     eval_tasks: int = 100
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    """Parse ``argv`` (default: the command line) into a :class:`TabularQConfig` and run it."""
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line) into a :class:`TabularQConfig` and run it; returns the exit status (metarl_jax.experiment.cli_main)."""
     return cli_main(TabularQConfig, argv, description=__doc__)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -82,7 +82,7 @@ def deferred_interrupts(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[Int
         del frame
         if request.signum is None:
             request.signum = signum
-            print(f"\n{signal.Signals(signum).name} received: finishing the current call, then saving a checkpoint"
+            print(f"\n{signal.Signals(signum).name} received: stopping after the current step (training saves a checkpoint)"
                   + (" (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""),
                   file=sys.stderr, flush=True)
         elif signum == signal.SIGINT:

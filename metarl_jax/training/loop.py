@@ -83,6 +83,10 @@ class TrainConfig:
         the meta-objective (docs/benchmarks.md, "Training that does not decay"). The schedule's
         step count is part of the optimizer state: a resumed run continues it.
       final_lr_fraction: the cosine schedule's last step size as a fraction of ``outer_lr``.
+      decay_iterations: iterations over which the cosine schedule decays (``None``: ``num_iterations``);
+        after them the step size stays at its final value. A run extended beyond its original
+        ``num_iterations`` keeps that original schedule, so its first iterations are the ones the
+        original run computes, and it continues at the final step size.
       devices: devices the task axis is split over (:func:`run_loop`): ``None`` every device JAX
         sees (with ``jax.distributed``, every host's), an integer ``n`` the first ``n``
         (``jax.devices()[:n]``; checked against the device count when the run starts). Execution
@@ -101,6 +105,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     final_lr_fraction: float = 0.1
     devices: int | None = None
+    decay_iterations: int | None = None
 
     def __post_init__(self):
         for name in ("num_iterations", "meta_batch", "iterations_per_call", "checkpoint_every", "keep_checkpoints"):
@@ -112,12 +117,14 @@ class TrainConfig:
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_real("final_lr_fraction", self.final_lr_fraction, minimum=0.0, maximum=1.0)
         check_optional_int("devices", self.devices, minimum=1)
+        check_optional_int("decay_iterations", self.decay_iterations, minimum=1)
 
 
 def outer_learning_rate(config: TrainConfig):
     """``outer_lr``, or the cosine schedule ``step -> lr`` of ``config.lr_schedule="cosine"``."""
     if config.lr_schedule == "cosine":
-        return optax.cosine_decay_schedule(config.outer_lr, int(config.num_iterations), config.final_lr_fraction)
+        decay = config.num_iterations if config.decay_iterations is None else config.decay_iterations
+        return optax.cosine_decay_schedule(config.outer_lr, int(decay), config.final_lr_fraction)
     return config.outer_lr
 
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from metarl_jax import evaluation, plotting
+from metarl_jax import cli, evaluation, plotting
 from metarl_jax.learners.pg import ESTIMATORS, PLAIN_LOSS_ESTIMATORS, PGConfig, PolicyGradientLearner
 from metarl_jax.algorithms.base import MetaAlgorithm
 from metarl_jax.algorithms.maml import MAMLConfig, auto_task_chunk, init_meta_params, maml
@@ -687,27 +687,22 @@ def run(config: MAMLExperimentConfig, progress: bool = True, *, interrupt: Inter
 
 
 def parse_cli(config_cls, argv=None, description: str | None = None, defaults: dict | None = None):
-    """A config dataclass from the command line (tyro), validated.
+    """A config dataclass from the command line (:func:`metarl_jax.cli.parse_dataclass`), validated.
 
-    A rejected value prints one line, ``error: <field>=<value> is invalid: <allowed>``, on stderr and
-    exits with status 2, without a traceback. tyro parses into a subclass whose ``__post_init__`` does
-    nothing (tyro would report the config's ``ValueError`` in a multi-line box); the config itself is
-    built here from the parsed fields, so it is validated exactly as in Python. ``defaults``: field
-    values that replace the class's defaults (a resumed run's saved config).
+    A rejected value, or a command line that cannot be parsed, prints one line, ``error: ...`` (e.g.
+    ``error: <field>=<value> is invalid: <allowed>``), on stderr and exits with status 2, without a
+    traceback. ``defaults`` replace the class defaults (e.g. a saved ``config.json``). The config's
+    output directory (``run_dir`` when set, else ``out_dir``, where the config has one) is checked
+    before anything runs (:func:`metarl_jax.validation.check_writable_dir`).
     """
-    import tyro
-
-    unchecked = type(config_cls.__name__, (config_cls,), {
-        "__post_init__": lambda self: None, "__doc__": config_cls.__doc__,
-        "__module__": config_cls.__module__, "__qualname__": config_cls.__qualname__})
-    kwargs = {} if defaults is None else {"default": unchecked(**defaults)}
-    parsed = tyro.cli(unchecked, args=argv, description=description, **kwargs)
-    values = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(config_cls) if f.init}
-    try:
-        return config_cls(**values)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    config = cli.parse_dataclass(config_cls, argv, description, defaults)
+    field = "run_dir" if getattr(config, "run_dir", None) is not None else "out_dir"
+    if getattr(config, field, None) is not None:
+        try:
+            check_writable_dir(field, getattr(config, field))
+        except ValueError as err:
+            cli.fail(str(err))
+    return config
 
 
 #: Exit statuses of the experiment command lines (besides 0, and 1 for an unexpected error with its traceback).

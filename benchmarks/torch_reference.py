@@ -42,7 +42,6 @@ with a message that says how to install it.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -52,6 +51,8 @@ import time
 from typing import Any, NamedTuple
 
 from benchmarks.benchmarking import cpu_model  # no jax import: torch-only use stays possible
+from metarl_jax.cli import OneLineArgumentParser  # stdlib and numpy only
+from metarl_jax.validation import check_int, check_optional_int
 
 IMPL_NAME = "torch-task-loop"
 PARAM_NAMES = ("w0", "b0", "w1", "b1", "w2", "b2", "log_std")
@@ -380,6 +381,17 @@ class MetaLearner:
 # -------------------------------------------------------------------------- benchmark
 
 
+def torch_device_of(torch, device: str):
+    """``torch.device(device)``, or ``ValueError`` naming ``device`` when torch cannot use it."""
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device={device!r} is invalid: {err}") from None
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} is invalid: torch {torch.__version__} sees no CUDA device")
+    return torch_device
+
+
 def run_benchmark(meta_batch: int, order: int, iters: int, warmup: int, seed: int,
                   threads: int | None = None, config: Config = Config(), device: str = "cpu") -> dict:
     """Time ``warmup + iters`` meta-iterations; return the benchmark record.
@@ -399,12 +411,7 @@ def run_benchmark(meta_batch: int, order: int, iters: int, warmup: int, seed: in
             raise ValueError(f"{name}={value!r} is invalid: must be an integer >= {lo}")
     if order not in (1, 2):
         raise ValueError(f"order={order!r} is invalid: must be 1 or 2")
-    try:
-        torch_device = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device={device!r} is invalid: {err}") from None
-    if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} is invalid: torch {torch.__version__} sees no CUDA device")
+    torch_device = torch_device_of(torch, device)
     sync = torch.cuda.synchronize if torch_device.type == "cuda" else (lambda: None)
     previous_threads = torch.get_num_threads()
     if threads is not None:
@@ -446,8 +453,12 @@ def run_benchmark(meta_batch: int, order: int, iters: int, warmup: int, seed: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: run the benchmark and print its record as one JSON line."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.torch_reference", description=__doc__.split("\n")[0])
+    """Command line: run the benchmark and print its record as one JSON line.
+
+    Every value is checked before torch is imported; a bad one, a device torch cannot use or a
+    missing torch prints one line, ``error: ...``, and exits with status 2.
+    """
+    parser = OneLineArgumentParser(prog="python -m benchmarks.torch_reference", description=__doc__.split("\n")[0])
     parser.add_argument("--meta-batch", type=int, default=20, help="tasks per meta-iteration")
     parser.add_argument("--order", type=int, choices=(1, 2), default=2, help="2 = second-order MAML, 1 = first-order")
     parser.add_argument("--iters", type=int, default=5, help="timed iterations")
@@ -458,7 +469,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--horizon", type=int, default=Config.horizon, help="steps per episode")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     args = parser.parse_args(argv)
-    config = Config(episodes=args.episodes, horizon=args.horizon)
+    try:
+        for name, minimum in (("meta_batch", 1), ("iters", 1), ("warmup", 0), ("seed", 0)):
+            check_int(name, getattr(args, name), minimum=minimum)
+        check_optional_int("threads", args.threads, minimum=1)
+        config = Config(episodes=check_int("episodes", args.episodes, minimum=1),
+                        horizon=check_int("horizon", args.horizon, minimum=1))
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        torch_device_of(_torch(), args.device)
+    except (ImportError, ValueError) as err:
+        parser.error(str(err))
     record = run_benchmark(args.meta_batch, args.order, args.iters, args.warmup, args.seed, args.threads, config,
                            args.device)
     print(json.dumps(record), flush=True)

@@ -31,7 +31,6 @@ the same ``--out-dir`` reuses finished runs (checkpoints) instead of training ag
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -60,7 +59,9 @@ from metarl_jax.algorithms.maml import init_meta_params, maml
 from metarl_jax.algorithms.multitask import multitask
 from metarl_jax.tasks import sample_tasks
 from metarl_jax.training.loop import load_meta_params, make_optimizer, run
-from metarl_jax.validation import check_int, check_int_sequence, check_optional_int, check_real, require
+from metarl_jax.cli import OneLineArgumentParser, int_list
+from metarl_jax.validation import (check_int, check_int_sequence, check_optional_int, check_real, check_writable_dir,
+                                   require)
 
 #: Experiment config giving the defaults of each (task, learner) pair; others use MAMLExperimentConfig.
 PAIR_CONFIGS: dict[tuple[str, str], type[MAMLExperimentConfig]] = {
@@ -399,9 +400,11 @@ def _split(values: list[str]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> AdaptationBenchmarkConfig:
+    """The benchmark config of a command line; any bad value (a pair that cannot be built, an output
+    directory that cannot be written, a missing ``--checkpoint-dir``) exits in one line, status 2."""
     defaults = AdaptationBenchmarkConfig()
-    parser = argparse.ArgumentParser(prog="python -m experiments.benchmark_adaptation",
-                                     description=__doc__.split("\n")[0])
+    parser = OneLineArgumentParser(prog="python -m experiments.benchmark_adaptation",
+                                   description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", nargs="+", default=list(defaults.pairs),
                         help='task:learner pairs, e.g. "navigation:pg bandit:pg tabular_mdp:pg maze:q"')
     parser.add_argument("--iterations", type=int, default=None,
@@ -420,13 +423,23 @@ def parse_args(argv: list[str] | None) -> AdaptationBenchmarkConfig:
                         help="families without an exact optimum: inner steps of the per-task estimate (0: none)")
     args = parser.parse_args(argv)
     try:
-        return AdaptationBenchmarkConfig(
+        sizes = _split(args.adapt_sizes)
+        bench = AdaptationBenchmarkConfig(
             pairs=tuple(_split(args.pairs)), iterations=args.iterations, eval_tasks=args.eval_tasks,
             steps=args.steps, seed=args.seed, out_dir=args.out_dir, checkpoint_dir=args.checkpoint_dir,
-            adapt_sizes=tuple(int(n) for n in _split(args.adapt_sizes)), timing_repeats=args.timing_repeats,
+            adapt_sizes=tuple(int_list("adapt_sizes", sizes)) if sizes else (), timing_repeats=args.timing_repeats,
             max_adapt_memory_gb=args.max_adapt_memory_gb, optimum_steps=args.optimum_steps)
+        check_writable_dir("out_dir", bench.out_dir)
+        require(bench.checkpoint_dir is None or os.path.isdir(bench.checkpoint_dir), "checkpoint_dir",
+                bench.checkpoint_dir, "must be an existing directory (a previous --out-dir)")
     except ValueError as err:
         parser.error(str(err))
+    for pair in bench.pairs:  # every pair is built (no compilation) before the first one trains
+        try:
+            build(experiment_config(pair, bench))
+        except ValueError as err:
+            parser.error(f"pairs={pair!r} is invalid: {err}")
+    return bench
 
 
 def main(argv: list[str] | None = None) -> dict:

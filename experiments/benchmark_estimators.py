@@ -30,7 +30,6 @@ over seeds with a min-max band per estimator) and ``benchmark_estimators.md``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -50,7 +49,9 @@ from metarl_jax.learners.pg import ESTIMATORS
 from metarl_jax.algorithms.maml import make_meta_gradient, maml
 from metarl_jax.tasks import sample_tasks
 from metarl_jax.training.loop import load_meta_params, make_multi_step, make_optimizer
-from metarl_jax.validation import check_choice, check_int, check_int_sequence, check_optional_int, require
+from metarl_jax.cli import OneLineArgumentParser
+from metarl_jax.validation import (check_choice, check_int, check_int_sequence, check_optional_int, check_writable_dir,
+                                   require)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,8 +280,8 @@ def markdown_table(payload: dict) -> str:
 
 def parse_args(argv: list[str] | None) -> EstimatorBenchmarkConfig:
     defaults = EstimatorBenchmarkConfig()
-    parser = argparse.ArgumentParser(prog="python -m experiments.benchmark_estimators",
-                                     description=__doc__.split("\n")[0])
+    parser = OneLineArgumentParser(prog="python -m experiments.benchmark_estimators",
+                                   description=__doc__.split("\n")[0])
     parser.add_argument("--estimators", nargs="+", default=list(defaults.estimators))
     parser.add_argument("--seeds", type=int, default=defaults.seeds)
     parser.add_argument("--iterations", type=int, default=defaults.iterations)
@@ -298,15 +299,21 @@ def parse_args(argv: list[str] | None) -> EstimatorBenchmarkConfig:
     parser.add_argument("--hidden-sizes", type=int, nargs="+", default=None)
     args = parser.parse_args(argv)
     try:
-        return EstimatorBenchmarkConfig(
+        bench = EstimatorBenchmarkConfig(
             estimators=tuple(x for v in args.estimators for x in v.replace(",", " ").split()), seeds=args.seeds,
             iterations=args.iterations, iterations_per_call=args.iterations_per_call, grad_keys=args.grad_keys,
             grad_key_chunk=args.grad_key_chunk, reference=args.reference, checkpoint_dir=args.checkpoint_dir,
             eval_tasks=args.eval_tasks, seed=args.seed, out_dir=args.out_dir, meta_batch=args.meta_batch,
             episodes=args.episodes, horizon=args.horizon,
             hidden_sizes=None if args.hidden_sizes is None else tuple(args.hidden_sizes))
+        check_writable_dir("out_dir", bench.out_dir)
+        require(bench.checkpoint_dir is None or os.path.isdir(bench.checkpoint_dir), "checkpoint_dir",
+                bench.checkpoint_dir, "must be an existing directory (a MAML training run's checkpoints/)")
+        for estimator in bench.estimators:  # the navigation config of every run, before the first one trains
+            bench.experiment(estimator)
     except ValueError as err:
         parser.error(str(err))
+    return bench
 
 
 def main(argv: list[str] | None = None) -> dict:

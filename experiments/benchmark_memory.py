@@ -21,6 +21,8 @@ from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
 from metarl_jax.algorithms.maml import MAMLConfig, init_meta_params, make_meta_gradient
 from metarl_jax.networks import GaussianPolicy
 from metarl_jax.tasks import Navigation2D, sample_tasks
+from metarl_jax.cli import OneLineArgumentParser
+from metarl_jax.validation import check_int
 
 
 def _device_name() -> str:
@@ -59,20 +61,22 @@ def measure(inner_steps: int, remat: bool, meta_batch: int, episodes: int, horiz
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inner-steps", type=int, nargs="+", default=[1, 5, 10])
     parser.add_argument("--meta-batch", type=int, default=20)
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--horizon", type=int, default=100)
     parser.add_argument("--iters", type=int, default=3)
     args = parser.parse_args(argv)
-    for name in ("meta_batch", "episodes", "horizon", "iters"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} is invalid: must be >= 1")
+    try:  # every value before the first measurement
+        for k in args.inner_steps:
+            check_int("inner_steps", k, minimum=1)
+        for name in ("meta_batch", "episodes", "horizon", "iters"):
+            check_int(name, getattr(args, name), minimum=1)
+    except ValueError as err:
+        parser.error(str(err))
     results = []
     for k in args.inner_steps:
-        if k < 1:
-            parser.error(f"--inner-steps={k} is invalid: must be >= 1")
         for remat in (False, True):
             row = measure(k, remat, args.meta_batch, args.episodes, args.horizon, args.iters)
             print(json.dumps(row), flush=True)

@@ -45,7 +45,6 @@ The learner registry (``LEARNERS``) maps a name to a builder: ``"pg"``, ``"ac"``
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -64,6 +63,8 @@ from metarl_jax.algorithms.maml import MAMLConfig, auto_task_chunk, maml
 from metarl_jax.networks import make_policy_for
 from metarl_jax.tasks import make_family
 from metarl_jax.tasks.base import sample_tasks
+from metarl_jax.cli import OneLineArgumentParser, int_list
+from metarl_jax.validation import check_int, check_real
 
 EPISODES = 20
 HORIZON = 100
@@ -367,15 +368,8 @@ def torch_record(meta_batch: int, order: int, iters: int, warmup: int) -> dict |
         return {"impl": "torch-task-loop", "error": str(err)}
 
 
-def _ints(values: list[str]) -> list[int]:
-    out = []
-    for v in values:
-        out.extend(int(x) for x in str(v).replace(",", " ").split())
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.benchmark_speed",
+    parser = OneLineArgumentParser(prog="python -m experiments.benchmark_speed",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--task", choices=tuple(TASKS), default="navigation")
     parser.add_argument("--learner", choices=tuple(LEARNERS), default="pg")
@@ -401,14 +395,21 @@ def main(argv: list[str] | None = None) -> int:
                              "at the first configuration that exceeds it or fails")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count (saves a compile)")
     args = parser.parse_args(argv)
-    if args.iters < 1 or args.warmup < 0:
-        parser.error("--iters must be >= 1 and --warmup >= 0")
-    try:
+    try:  # every value (and the task-learner pair) before the first compilation
+        check_int("iters", args.iters, minimum=1)
+        check_int("warmup", args.warmup, minimum=0)
+        check_int("rollout_unroll", args.rollout_unroll, minimum=1)
+        check_real("budget_s", args.budget_s, minimum=0.0, min_open=True)
+        requested = int_list("meta_batch", args.meta_batch)
         resolve_task_chunk(args.task_chunk, 1, "cpu")
     except ValueError as err:
         parser.error(str(err))
+    try:  # building the learner (no compilation) rejects a pair such as q on continuous actions
+        LEARNERS[args.learner](args.task, args.order[0], None, args.rollout_unroll)
+    except ValueError as err:
+        parser.error(f"learner={args.learner!r} is invalid with task={args.task!r}: {err}")
 
-    meta_batches = [2**k for k in range(13)] if args.sweep else _ints(args.meta_batch)
+    meta_batches = [2**k for k in range(13)] if args.sweep else requested
     precision = args.precision
     ceilings_cache: dict[int, dict] = {}
     with jax.default_matmul_precision(precision if precision != "default" else None):

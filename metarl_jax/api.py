@@ -47,7 +47,7 @@ from metarl_jax.tasks import (
 from metarl_jax.tasks.base import TaskFamily
 from metarl_jax.training.interrupts import TrainingInterrupted
 from metarl_jax.training.loop import NonFiniteGradientError, make_optimizer, run_loop
-from metarl_jax.validation import check_int, check_real
+from metarl_jax.validation import check_int, check_real, check_writable_dir
 
 _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(MAMLExperimentConfig))
 #: Config fields the object sets itself (from its own arguments) or that make no sense here.
@@ -307,6 +307,7 @@ class MetaRL:
 
         One crash-safe checkpoint file per save (the latest is kept). Returns its path.
         """
+        check_writable_dir("path", path)  # e.g. a path under a regular file fails before anything is written
         metadata = {"api": "MetaRL", "family": self.family.name, "config": dataclasses.asdict(self.config)}
         return ckpt.save_checkpoint(path, self.iterations, self._persistent(), metadata, keep=1)
 

@@ -56,6 +56,18 @@ class DeployConfig:
         check_bool("keep_best", self.keep_best)
         require(isinstance(self.task, str) and self.task.strip() != "", "task", self.task,
                 "use 'sample' or comma-separated numbers")
+        if self.task.strip() != "sample":  # the numbers' count and range depend on the family (parse_task)
+            numbers = [v.strip() for v in self.task.split(",")]
+            require(all(_is_finite_number(v) for v in numbers), "task", self.task,
+                    "use 'sample' or comma-separated finite numbers")
+
+
+def _is_finite_number(text: str) -> bool:
+    """Whether ``text`` reads as a finite float (``"0.5"``, ``"-1e-3"``; not ``"nan"``, ``"inf"``, ``"x"``)."""
+    try:
+        return bool(np.isfinite(float(text)))
+    except ValueError:
+        return False
 
 
 def parse_task(family, spec: str, key: jax.Array):
@@ -172,15 +184,15 @@ def plot(family, task, result, payload: dict, out_dir: str) -> list[str]:
 
 def run(config: DeployConfig) -> dict:
     """Deploy, print the per-round table and write ``deploy.json`` and the plots to a new directory
-    ``<out_dir or run dir/deploy>/<timestamp>`` (made before any work, so an unwritable place fails
-    first; a second invocation never overwrites the first's files). ``payload["out_dir"]`` names it."""
+    ``<out_dir or run dir/deploy>/<timestamp>`` (made once the run and the task are read, before any
+    work; a second invocation never overwrites the first's files). ``payload["out_dir"]`` names it."""
     loaded = load_run(config.checkpoint)
+    key_task, key_deploy = jax.random.split(jax.random.PRNGKey(config.seed))
+    task = parse_task(loaded.family, config.task, key_task)  # a task the family rejects leaves no directory
     try:
         out_dir = new_timestamped_dir(config.out_dir or os.path.join(loaded.run_dir, "deploy"))
     except OSError as err:
         raise ValueError(f"out_dir={config.out_dir!r} is invalid: cannot create a directory there ({err.strerror})") from None
-    key_task, key_deploy = jax.random.split(jax.random.PRNGKey(config.seed))
-    task = parse_task(loaded.family, config.task, key_task)
     result = jax.jit(lambda mp, t, k: deploy(loaded.learner, loaded.maml_config, mp, t, k, config.rounds,
                                              config.inner_lr, keep_best=config.keep_best))(
         loaded.meta_params, task, key_deploy)

@@ -1,7 +1,8 @@
 """metarl_jax.validation: the helpers, and every config and argument rejecting bad values through them.
 
 Each rejection is a ``ValueError`` whose one-line message reads ``<field>=<value!r> is invalid: <allowed>``;
-on the command line it is one ``error: ...`` line on stderr and exit status 2, before any training.
+on the command line it is one ``error: ...`` line on stderr and exit status 2, before any training
+(``tests/test_cli_errors.py``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import numpy as np
 import pytest
 
 from experiments.deploy import DeployConfig
-from experiments.deploy import main as deploy_main
-from experiments.maml_bandit import BanditConfig
 from metarl_jax import validation as v
 from metarl_jax.algorithms.maml import MAMLConfig, auto_task_chunk
 from metarl_jax.algorithms.outer import ProMPConfig, TRPOConfig
@@ -27,7 +26,7 @@ from metarl_jax.algorithms.task_sampler import TaskSelectionConfig, sample_indic
 from metarl_jax.algorithms.task_selection import tail_mean
 from metarl_jax.api import MetaRL
 from metarl_jax.deploy import deploy
-from metarl_jax.experiment import MAMLExperimentConfig, cli_main
+from metarl_jax.experiment import MAMLExperimentConfig
 from metarl_jax.learners.actor_critic import ACConfig
 from metarl_jax.learners.pg import PGConfig
 from metarl_jax.learners.q_learning import QConfig
@@ -363,35 +362,3 @@ def agent():
 def test_metarl_methods_reject_bad_counts_before_running(agent, call, field, value):
     assert f"{field}={value!r} is invalid: must be an integer >= 1" in _message(lambda: call(agent))
     assert agent.iterations == 0 and agent.history == []
-
-
-# --------------------------------------------------------------------------- the command line
-
-
-@pytest.mark.parametrize("config_cls, argv, expected", [
-    (MAMLExperimentConfig, ["--horizon", "0"], "horizon=0 is invalid: must be an integer >= 1"),
-    (MAMLExperimentConfig, ["--meta-batch", "0"], "meta_batch=0 is invalid: must be an integer >= 1"),
-    (MAMLExperimentConfig, ["--hidden-sizes", "0", "4"], "hidden_sizes=(0, 4) is invalid"),
-    (MAMLExperimentConfig, ["--gamma", "1.5"], "gamma=1.5 is invalid: must be a number in (0, 1]"),
-    (MAMLExperimentConfig, ["--task", "chess"], "task='chess' is invalid: must be one of 'bandit'"),
-    (MAMLExperimentConfig, ["--inner-lr", "nan"], "inner_lr=nan is invalid"),
-    (MAMLExperimentConfig, ["--seed", "-1"], "seed=-1 is invalid: must be an integer >= 0"),
-    (BanditConfig, ["--num-arms", "1"], "num_arms=1 is invalid: must be an integer >= 2"),
-    (BanditConfig, ["--estimator", "maml"], "estimator='maml' is invalid: must be one of 'dice'"),
-])
-def test_cli_prints_one_line_naming_the_field_and_exits_2(config_cls, argv, expected, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(config_cls, argv)
-    assert exit_info.value.code == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], captured.err
-    assert captured.out == ""  # nothing ran: no run directory was announced
-
-
-def test_deploy_cli_prints_one_line_for_a_bad_value(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        deploy_main(["--checkpoint", "/nonexistent/run", "--rounds", "0"])
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == ["error: rounds=0 is invalid: must be an integer >= 1"]

@@ -620,7 +620,10 @@ def run(config: MAMLExperimentConfig, progress: bool = True, *, interrupt: Inter
     plan = plan_run(config, command)
     config = plan.config
     distributed.initialize(config.coordinator_address, config.num_processes, config.process_id)
-    family, learner, maml_config, train_config = build(config)
+    try:  # a family and learner that do not fit together (Q-learning on continuous actions ...) are refused here
+        family, learner, maml_config, train_config = build(config)
+    except ValueError as err:
+        raise RunRefused(f"learner={config.learner!r} is invalid with task={config.task!r}: {err}") from None
     algorithm = build_algorithm(config)
     metadata = {"algorithm": config.algorithm, "config": dataclasses.asdict(config)}
     if jax.process_index() != 0:

@@ -179,7 +179,7 @@ def main(argv=None) -> list[dict]:
                         help="compare metarl_jax.resources' memory estimate with XLA's on ESTIMATE_GRID instead")
     args = parser.parse_args(argv)
     if args.check_estimate:
-        return check_estimate_grid()
+        return check_estimate_grid(ESTIMATE_GRID)
     for name in ("meta_batch", "episodes", "horizon", "iters"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} is invalid: must be >= 1")

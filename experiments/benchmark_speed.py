@@ -155,7 +155,8 @@ def _flops(compiled) -> float | None:
 
 
 def _check_memory(compiled, device, fraction: float = 0.6) -> None:
-    """Refuse to run a CPU program whose buffers exceed ``fraction`` of the free host memory.
+    """Refuse to run a CPU program whose buffers exceed ``fraction`` of the free host memory
+    (:func:`metarl_jax.resources.available_memory_bytes`: ``MemAvailable`` or the cgroup's headroom).
 
     The machine may be shared: an out-of-memory kill could hit someone else's process.
     """

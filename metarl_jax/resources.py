@@ -4,14 +4,16 @@ A config whose buffers cannot fit (``--horizon 10000000`` on navigation) otherwi
 seconds of tracing and compilation and then dies in an out-of-memory traceback from XLA.
 :func:`check_experiment_memory` instead raises one line, before anything is compiled or written::
 
-    memory=23.4 TiB is invalid: meta_batch=20, num_episodes=20, horizon=10000000, inner_steps=3 needs at
-    least 23,923 GiB but the machine has 22.9 GiB available; reduce meta_batch, num_episodes, horizon or task_chunk
+    memory=21.3 TiB is invalid: meta_batch=20, num_episodes=20, horizon=10000000, inner_steps=3 needs at
+    least 21,785 GiB but the machine has 22.4 GiB available; reduce meta_batch, num_episodes, horizon or task_chunk
 
-The estimate (:func:`estimate_meta_iteration_bytes`) is a *lower bound*, computed from shapes
-alone (``jax.eval_shape``: nothing is compiled or allocated), of the bytes alive at once in one
-meta-iteration, so a config it refuses would certainly not have fit; it stays within a small
-factor of what XLA's compiled program actually takes (``docs/benchmarks.md``, "Memory estimate
-against XLA's"), so it refuses the configs that matter.
+The estimate (:func:`estimate_meta_iteration_bytes`) is a *lower bound* of the bytes alive at once
+in one meta-iteration, computed from shapes alone (``jax.eval_shape``: nothing is compiled or
+allocated): the rollouts the backward pass needs, and the network values it keeps per unit and
+step, counted no higher than XLA's compiled meta-gradient keeps them
+(:data:`VALUES_KEPT`). So a config it refuses would not have fit, and since it stays within a
+small factor of XLA's figure (``docs/benchmarks.md``, "Memory estimate against XLA's"), it
+refuses the configs that matter.
 
 :func:`available_memory_bytes` is what the machine has: the accelerator's free memory, or on a
 CPU the smaller of the host's available memory and the headroom of this process's cgroup.
@@ -168,18 +170,21 @@ class ValuesKept(NamedTuple):
 #: :class:`ValuesKept` by learner. What a second-order inner step keeps:
 #:
 #: * policy gradient: its forward pass (the log-probabilities, shared with DiCE's score) and its
-#:   backward pass, 2 values per unit and step, alone or in a loop; the outer loss's forward pass, 1.
+#:   backward pass, 2 values per unit and step, alone or in a loop (XLA keeps 2 per looped step with
+#:   ReLU, 6 with tanh); the outer loss's forward pass, 1.
 #: * Q-learning: the forward pass on the observations and its backward pass, and the forward pass on
-#:   the next observations that makes the TD targets (which the outer derivative differentiates): 3;
-#:   the outer TD loss's two forward passes: 2.
+#:   the next observations that makes the TD targets (which the outer derivative differentiates): 3
+#:   (XLA keeps 5 per looped step); the outer TD loss's two forward passes: 2.
 #: * actor-critic: in a loop, the forward and backward passes of the actor and of the critic, for the
 #:   inner objective and again for the advantages and targets the outer derivative flows through: 4
-#:   (XLA keeps 5 to 11); alone, XLA shares those passes and keeps as little as 1.5 (a ReLU actor
-#:   beside a tanh critic); the outer loss's actor pass: 1.
+#:   (XLA keeps 5 with a ReLU actor, 10 to 11 with tanh networks); alone, XLA shares those passes
+#:   and keeps about 2 with a ReLU actor beside a tanh critic (navigation), so 1.5; the outer loss's
+#:   actor pass: 1.
 #:
 #: Each is at most what XLA's compiled meta-gradient kept on the calibration grid of
 #: ``experiments/benchmark_memory.py --check-estimate`` (``docs/benchmarks.md``, "Memory estimate
-#: against XLA's"), with ReLU and tanh networks. A learner not listed counts as the policy-gradient
+#: against XLA's"), with ReLU and tanh networks: counts from the learners' code, checked against
+#: XLA, not a guarantee for every XLA version. A learner not listed counts as the policy-gradient
 #: one (any second-order step keeps a forward and a backward pass); a
 #: :class:`~metarl_jax.learners.pg.CustomLossLearner` as the learner it wraps.
 VALUES_KEPT: dict[type, ValuesKept] = {

@@ -47,12 +47,8 @@ def _read_int(path: str) -> int | None:
     """The integer in a one-line file (``None`` if missing, unreadable, ``"max"`` or not an integer)."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read().strip()
-    except OSError:
-        return None
-    try:
-        return int(text)
-    except ValueError:
+            return int(f.read().strip())
+    except (OSError, ValueError):  # ValueError: "max", or bytes that are not text
         return None
 
 
@@ -89,7 +85,7 @@ def cgroup_headroom_bytes(proc_cgroup: str = "/proc/self/cgroup", mount: str = "
     try:
         with open(proc_cgroup, encoding="utf-8") as f:
             lines = [line.rstrip("\n").split(":", 2) for line in f]
-    except OSError:
+    except (OSError, ValueError):
         return None
     candidates = []  # (directory, limit file, usage file)
     for fields in lines:

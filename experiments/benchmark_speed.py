@@ -61,6 +61,7 @@ from benchmarks.benchmarking import device_description
 from metarl_jax.learners.pg import PGConfig, PolicyGradientLearner
 from metarl_jax.algorithms.maml import MAMLConfig, auto_task_chunk, maml
 from metarl_jax.networks import make_policy_for
+from metarl_jax.resources import available_memory_bytes
 from metarl_jax.tasks import make_family
 from metarl_jax.tasks.base import sample_tasks
 from metarl_jax.cli import OneLineArgumentParser, int_list
@@ -154,26 +155,15 @@ def _flops(compiled) -> float | None:
     return float(analysis["flops"])
 
 
-def available_memory_bytes() -> int | None:
-    """``MemAvailable`` from ``/proc/meminfo`` (None elsewhere)."""
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _check_memory(compiled, device, fraction: float = 0.6) -> None:
-    """Refuse to run a CPU program whose buffers exceed ``fraction`` of the free host memory.
+    """Refuse to run a CPU program whose buffers exceed ``fraction`` of the free host memory
+    (:func:`metarl_jax.resources.available_memory_bytes`: ``MemAvailable`` or the cgroup's headroom).
 
     The machine may be shared: an out-of-memory kill could hit someone else's process.
     """
     if device.platform != "cpu":
         return
-    mem, free = compiled.memory_analysis(), available_memory_bytes()
+    mem, free = compiled.memory_analysis(), available_memory_bytes(device)
     if mem is None or free is None:
         return
     need = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from metarl_jax import cli, evaluation, plotting
+from metarl_jax import cli, evaluation, plotting, resources
 from metarl_jax.learners.pg import ESTIMATORS, PLAIN_LOSS_ESTIMATORS, PGConfig, PolicyGradientLearner
 from metarl_jax.algorithms.base import MetaAlgorithm
 from metarl_jax.algorithms.maml import MAMLConfig, auto_task_chunk, init_meta_params, maml
@@ -624,6 +624,10 @@ def run(config: MAMLExperimentConfig, progress: bool = True, *, interrupt: Inter
         family, learner, maml_config, train_config = build(config)
     except ValueError as err:
         raise RunRefused(f"learner={config.learner!r} is invalid with task={config.task!r}: {err}") from None
+    try:  # a config far beyond the machine's memory fails here, in one line, not in XLA minutes later
+        resources.check_experiment_memory(config)
+    except ValueError as err:
+        raise RunRefused(str(err)) from None
     algorithm = build_algorithm(config)
     metadata = {"algorithm": config.algorithm, "config": dataclasses.asdict(config)}
     if jax.process_index() != 0:

@@ -106,6 +106,8 @@ CASES = [
     C("maml-task-chunk-zero", MAML, ["--task-chunk", "0", *OUT], "task_chunk=0 is invalid"),
     C("maml-q-on-continuous-actions", MAML, ["--task", "navigation", "--learner", "q", *OUT],
       "learner='q' is invalid with task='navigation'", "Discrete action space"),
+    C("navigation-horizon-beyond-memory", NAV, ["--horizon", "10000000", *OUT], "memory=",
+      "horizon=10000000", "needs at least", "the machine has"),
     C("maml-trpo-with-q", MAML, ["--algorithm", "trpo", "--learner", "q", *OUT], "algorithm='trpo' is invalid"),
     C("bandit-num-arms", BANDIT, ["--num-arms", "1", *OUT], "num_arms=1 is invalid: must be an integer >= 2"),
     C("bandit-estimator-choice", BANDIT, ["--estimator", "maml", *OUT],

@@ -23,6 +23,7 @@ from gymnax.environments.misc.frozen_lake import FrozenLake
 
 from metarl_jax.tasks import (
     FAMILY_NAMES,
+    OPTIONAL_FAMILY_NAMES,
     SMALL_MAZE_LAYOUT,
     BanditParams,
     BernoulliBandit,
@@ -58,7 +59,12 @@ SMALL_KWARGS = {
     "acrobot_target": dict(horizon=HORIZON),
     "pendulum": dict(horizon=HORIZON),
     "maze": dict(size=3, horizon=HORIZON),
+    "risk_control": dict(horizon=HORIZON),  # needs the finance extra (arch); skipped without it
 }
+#: Every registered family: the contract tests run on each.
+CONTRACT_NAMES = FAMILY_NAMES + OPTIONAL_FAMILY_NAMES
+#: Families whose first observation is the task's own (risk_control: the features of its window's first day).
+TASK_DEPENDENT_RESET = ("risk_control",)
 GYMNAX_WRAPPED = ("cartpole", "cartpole_target", "acrobot", "acrobot_target", "pendulum")
 #: Families whose task is in the reward (output 2 of step_env), not in the dynamics.
 REWARD_TASKS = ("cartpole_target", "acrobot_target")
@@ -67,9 +73,19 @@ REWARD_TASKS = ("cartpole_target", "acrobot_target")
 # ----------------------------------------------------------------------------- shared helpers
 
 
+class _Families(dict):
+    """Families by name, each built on first use (an optional one skips the test without its extra)."""
+
+    def __missing__(self, name: str) -> TaskFamily:
+        if name == "risk_control":
+            pytest.importorskip("arch")
+        self[name] = family = make_family(name, **SMALL_KWARGS[name])
+        return family
+
+
 @pytest.fixture(scope="module")
 def families() -> dict[str, TaskFamily]:
-    return {name: make_family(name, **SMALL_KWARGS[name]) for name in FAMILY_NAMES}
+    return _Families()
 
 
 def _scan_env_step(family, params, key, actions):
@@ -185,6 +201,7 @@ def test_registry_builds_every_family_and_rejects_unknown_names():
     with pytest.raises(ValueError, match="bogus") as err:
         make_family("bogus")
     assert all(name in str(err.value) for name in FAMILY_NAMES)
+    assert OPTIONAL_FAMILY_NAMES == ("risk_control",) and "'risk_control'" in str(err.value)
 
 
 def test_equal_configs_are_equal_static_arguments():
@@ -197,7 +214,7 @@ def test_equal_configs_are_equal_static_arguments():
 # ----------------------------------------------------------------------------- the contract
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", CONTRACT_NAMES)
 def test_shapes_and_dtypes(families, name):
     family = families[name]
     run = tasks_and_rollouts(family, jax.random.key(0), NUM_TASKS, NUM_STEPS)
@@ -218,7 +235,7 @@ def test_shapes_and_dtypes(families, name):
     assert np.all(np.isfinite(np.asarray(traj["reward"])))
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", CONTRACT_NAMES)
 def test_sampling_and_rollouts_are_deterministic_by_key(families, name):
     family = families[name]
     a = tasks_and_rollouts(family, jax.random.key(0), NUM_TASKS, NUM_STEPS)
@@ -235,7 +252,7 @@ def test_sampling_and_rollouts_are_deterministic_by_key(families, name):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", CONTRACT_NAMES)
 def test_gymnax_step_six_tuple_auto_resets_at_the_horizon(families, name):
     family = families[name]
     traj = tasks_and_rollouts(family, jax.random.key(0), NUM_TASKS, NUM_STEPS)["traj"]
@@ -254,7 +271,7 @@ def test_gymnax_step_six_tuple_auto_resets_at_the_horizon(families, name):
     )
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", CONTRACT_NAMES)
 def test_a_batch_of_tasks_is_one_vmap(families, name):
     family = families[name]
     run = tasks_and_rollouts(family, jax.random.key(0), NUM_TASKS, NUM_STEPS)
@@ -262,9 +279,13 @@ def test_a_batch_of_tasks_is_one_vmap(families, name):
     assert num_tasks_in(tasks) == NUM_TASKS
     varying = [x for x in jax.tree.leaves(tasks) if np.ndim(x) > 0 and np.ptp(np.asarray(x)) > 0]
     assert varying, "the tasks of a batch must differ"
-    # Common random numbers: same reset and actions for every task; the task alone changes rewards.
+    # Common random numbers: same reset and actions for every task; the task alone changes rewards
+    # (and, where the task is where the episode starts, the first observation).
     obs0, actions = np.asarray(run["obs0"]), np.asarray(run["traj"]["action"])
-    np.testing.assert_array_equal(obs0, obs0[:1].repeat(NUM_TASKS, 0))
+    if name in TASK_DEPENDENT_RESET:
+        assert np.ptp(obs0, axis=0).max() > 0
+    else:
+        np.testing.assert_array_equal(obs0, obs0[:1].repeat(NUM_TASKS, 0))
     np.testing.assert_array_equal(actions, actions[:1].repeat(NUM_TASKS, 0))
     if family.has_optimum:
         optima = np.asarray(run["optima"])

@@ -1,11 +1,14 @@
 """Task families: gymnax environments whose tasks are their ``EnvParams``.
 
 ``make_family(name, **kwargs)`` builds a family by name; ``FAMILY_NAMES`` lists
-the names. See :mod:`metarl_jax.tasks.base` for the contract every family keeps.
+the names of the families with no optional dependency, ``OPTIONAL_FAMILY_NAMES``
+those that need an extra (imported only when built). See
+:mod:`metarl_jax.tasks.base` for the contract every family keeps.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 from metarl_jax.tasks.bandit import BanditParams, BanditState, BernoulliBandit
@@ -54,8 +57,17 @@ _REGISTRY: dict[str, Callable[..., TaskFamily]] = {
     "maze": GridMaze,
 }
 
-#: Names accepted by :func:`make_family`.
+#: Names of the families with no optional dependency (what ``--task`` offers).
 FAMILY_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+#: Families that need an optional extra: ``{name: (module, builder)}``, imported when built, so
+#: ``import metarl_jax.tasks`` never needs the extra.
+_OPTIONAL_REGISTRY: dict[str, tuple[str, str]] = {
+    "risk_control": ("metarl_jax.tasks.finance.risk_control", "risk_control_family"),
+}
+
+#: Names :func:`make_family` also accepts, each needing an optional extra (``risk_control``: ``finance``).
+OPTIONAL_FAMILY_NAMES: tuple[str, ...] = tuple(_OPTIONAL_REGISTRY)
 
 
 def make_family(name: str, **kwargs) -> TaskFamily:
@@ -65,9 +77,14 @@ def make_family(name: str, **kwargs) -> TaskFamily:
     ``navigation`` (:class:`Navigation2D`), ``cartpole`` / ``acrobot`` / ``pendulum``
     (:func:`cartpole_family` etc., kwarg ``horizon``), ``cartpole_target``
     (:func:`cartpole_target_family`: the cart position to balance at), ``acrobot_target``
-    (:func:`acrobot_target_family`: the tip height to swing to), ``maze`` (:class:`GridMaze`).
+    (:func:`acrobot_target_family`: the tip height to swing to), ``maze`` (:class:`GridMaze`),
+    ``risk_control`` (:func:`metarl_jax.tasks.finance.risk_control_family`: windows of the market
+    series shipped with ``arch``; needs the extra ``finance``).
     """
-    check_choice("name", name, FAMILY_NAMES)
+    check_choice("name", name, FAMILY_NAMES + OPTIONAL_FAMILY_NAMES)
+    if name in _OPTIONAL_REGISTRY:
+        module, builder = _OPTIONAL_REGISTRY[name]
+        return getattr(importlib.import_module(module), builder)(**kwargs)
     return _REGISTRY[name](**kwargs)
 
 
@@ -85,6 +102,7 @@ __all__ = [
     "Navigation2D",
     "NavigationParams",
     "NavigationState",
+    "OPTIONAL_FAMILY_NAMES",
     "RandomizedParams",
     "TabularMDP",
     "TabularMDPParams",

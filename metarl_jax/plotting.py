@@ -91,3 +91,38 @@ def plot_bar(values: dict[str, float], path: str, ylabel: str, title: str) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_attributions(feature_names, before: np.ndarray, after: np.ndarray, path: str,
+                      title: str = "integrated-gradients attributions before and after adaptation",
+                      statistic: str = "mean_abs") -> None:
+    """Per-feature attributions before vs after adaptation as a grouped bar chart.
+
+    ``before`` and ``after``: ``[N, F]`` attributions on the same ``N`` states (or ``[F]``), e.g.
+    :func:`metarl_jax.explain.explain_adaptation`'s. ``statistic``: ``"mean_abs"`` (mean
+    ``|IG_i|`` over the states: how much feature ``i`` moves the output) or ``"mean"`` (signed: in
+    which direction). Error bars: the standard error over the states.
+    """
+    if statistic not in ("mean_abs", "mean"):
+        raise ValueError(f"statistic={statistic!r} is invalid: must be one of 'mean_abs', 'mean'")
+    names = [str(n) for n in feature_names]
+    before, after = (np.atleast_2d(np.asarray(a, np.float64)) for a in (before, after))
+    if before.shape != after.shape or before.shape[1] != len(names):
+        raise ValueError(f"before.shape={before.shape!r} is invalid: before and after must both be "
+                         f"[N, F={len(names)}] (one column per feature name); after.shape={after.shape}")
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(names) + 2.0), 4))
+    x = np.arange(len(names))
+    width = 0.4
+    for shift, values, label in [(-width / 2, before, "before adaptation"), (width / 2, after, "after adaptation")]:
+        values = np.abs(values) if statistic == "mean_abs" else values
+        sem = values.std(axis=0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else None
+        ax.bar(x + shift, values.mean(axis=0), width, yerr=sem, capsize=3, label=label)
+    ax.axhline(0.0, color="k", linewidth=0.5)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=30 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
+    ax.set_ylabel("mean |attribution|" if statistic == "mean_abs" else "mean attribution")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

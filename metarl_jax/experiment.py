@@ -18,7 +18,7 @@ import os
 import shlex
 import signal
 import sys
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -152,11 +152,16 @@ class MAMLExperimentConfig:
     process_id: int | None = None
     """several hosts: this host's process, 0 .. num_processes - 1; process 0 writes the files (else $JAX_PROCESS_ID)"""
 
+    #: The families ``task`` may name (an experiment with families of its own widens it).
+    TASK_CHOICES: ClassVar[tuple[str, ...]] = FAMILY_NAMES
+    #: The phases :meth:`report` adds after the adaptation curve (for the progress bar).
+    REPORT_PHASES: ClassVar[tuple[str, ...]] = ()
+
     def __post_init__(self):
         check_choice("algorithm", self.algorithm, tuple(ALGORITHMS))
         require(self.algorithm not in ("trpo", "promp") or self.learner != "q", "algorithm", self.algorithm,
                 "TRPO and ProMP need a policy-gradient outer objective; with learner='q' use 'maml' or 'multitask'")
-        check_choice("task", self.task, FAMILY_NAMES)
+        check_choice("task", self.task, self.TASK_CHOICES)
         check_choice("learner", self.learner, tuple(LEARNERS))
         check_choice("estimator", self.estimator, ESTIMATORS)
         require(self.learner != "q" or self.estimator in PLAIN_LOSS_ESTIMATORS, "estimator", self.estimator,
@@ -230,6 +235,20 @@ class MAMLExperimentConfig:
         if self.task_chunk == "auto":
             return auto_task_chunk(self.meta_batch)
         return self.task_chunk
+
+    def make_family(self, split: str = "train"):
+        """The task family of ``split``: ``"train"`` (meta-training) or ``"test"`` (the held-out tasks of
+        the evaluation). Here both are ``make_family(task, ...)``, held-out tasks being new draws; a
+        config whose tasks are periods of time (finance) returns disjoint periods."""
+        check_choice("split", split, ("train", "test"))
+        return make_family(self.task, **family_kwargs(self))
+
+    def report(self, context: "ReportContext") -> dict:
+        """Evaluation beyond the adaptation curve, run after it (files in ``context.run_dir``); returns
+        entries for ``summary.json`` (a ``"report_text"`` entry is printed after the adaptation table
+        instead). None here: an experiment adds its own, naming its phases in :data:`REPORT_PHASES`."""
+        del context
+        return {}
 
     def maml_config(self) -> MAMLConfig:
         return MAMLConfig(inner_steps=self.inner_steps, inner_lr=self.resolved_inner_lr, learn_inner_lr=self.learn_inner_lr,
@@ -317,7 +336,7 @@ def family_kwargs(config: MAMLExperimentConfig) -> dict:
 
 def build(config: MAMLExperimentConfig):
     """``(family, learner, maml_config, train_config)`` for an experiment config."""
-    family = make_family(config.task, **family_kwargs(config))
+    family = config.make_family("train")
     learner = LEARNERS[config.learner](config, family)
     return family, learner, config.maml_config(), config.train_config()
 
@@ -535,8 +554,21 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+class ReportContext(NamedTuple):
+    """What :meth:`MAMLExperimentConfig.report` may use: the trained run and where to write."""
+
+    run_dir: str
+    learner: Any
+    maml_config: MAMLConfig
+    train_config: TrainConfig
+    state: Any
+    interrupt: InterruptRequest | None
+    progress: bool
+
+
 def evaluate(config: MAMLExperimentConfig, family, learner, maml_config, meta_params) -> dict:
-    """Adaptation curves on ``eval_tasks`` held-out tasks: meta-learned vs random init vs optimum."""
+    """Adaptation curves on ``eval_tasks`` held-out tasks of ``family`` (``config.make_family("test")``
+    in :func:`run`): meta-learned vs random init vs optimum."""
     key = jax.random.PRNGKey(config.seed + 1_000_003)
     key_tasks, key_eval, key_random = jax.random.split(key, 3)
     tasks = sample_tasks(family, key_tasks, config.eval_tasks)
@@ -648,7 +680,7 @@ def run(config: MAMLExperimentConfig, progress: bool = True, *, interrupt: Inter
                                   metadata=metadata)
     iterations = int(state.step)
     navigation = config.task == "navigation" and config.learner in ("pg", "ac")
-    bar = _phases(progress, 4 + navigation)
+    bar = _phases(progress, 4 + navigation + len(config.REPORT_PHASES))
     started = []
 
     def phase(name: str | None) -> None:
@@ -664,7 +696,7 @@ def run(config: MAMLExperimentConfig, progress: bool = True, *, interrupt: Inter
             bar.set_postfix_str(name, refresh=True)
 
     phase(f"adaptation curves on {config.eval_tasks} held-out tasks, k = 0..{config.evaluated_steps}")
-    result = evaluate(config, family, learner, maml_config, state.meta_params)
+    result = evaluate(config, config.make_family("test"), learner, maml_config, state.meta_params)
     result["run_dir"] = run_dir
     result["iterations"] = iterations
     result["skipped_updates"] = sum(1 for h in history if h.get("grad_finite") is False)
@@ -681,11 +713,19 @@ def run(config: MAMLExperimentConfig, progress: bool = True, *, interrupt: Inter
         goals, pre, post = navigation_paths(family, learner, maml_config, state.meta_params, config.seed)
         plotting.plot_navigation_paths(goals, pre, post, os.path.join(run_dir, "paths.png"), family.goal_range,
                                        num_steps=maml_config.inner_steps)
+    if config.REPORT_PHASES:
+        phase(", ".join(config.REPORT_PHASES))
+        extra = config.report(ReportContext(run_dir, learner, maml_config, train_config, state, interrupt, progress))
+        report_text = extra.pop("report_text", None)
+        result.update(extra)
+        bar.update(len(config.REPORT_PHASES) - 1)
     phase("summary")
     write_json(os.path.join(run_dir, "summary.json"), result)
     phase(None)
     bar.close()
     print(result_table(result))
+    if config.REPORT_PHASES and report_text:
+        print(report_text)
     if result["skipped_updates"]:
         print(f"warning: {result['skipped_updates']} of {len(history)} meta-updates were skipped (non-finite "
               "meta-gradient, on_nonfinite='skip'); see 'grad_finite' and 'nonfinite' in metrics.jsonl", file=sys.stderr)

@@ -126,3 +126,42 @@ def plot_attributions(feature_names, before: np.ndarray, after: np.ndarray, path
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_equity_curves(net_by_strategy: dict[str, np.ndarray], path: str, title: str = "equity on a held-out window",
+                       dates: np.ndarray | None = None) -> None:
+    """Equity ``exp(cumsum(net))`` of each strategy over one window (``net``: daily net log-returns ``[H]``)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, net in net_by_strategy.items():
+        net = np.asarray(net, np.float64)
+        x = np.arange(len(net) + 1) if dates is None else dates
+        ax.plot(x, np.exp(np.concatenate([[0.0], np.cumsum(net)])), label=name,
+                linestyle="--" if name.startswith(("hindsight", "cash")) else "-")
+    ax.set_xlabel("day of the window" if dates is None else "date")
+    ax.set_ylabel("equity (start = 1)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_positions(positions_by_strategy: dict[str, np.ndarray], path: str, title: str = "position over the window",
+                   dates: np.ndarray | None = None) -> None:
+    """The position ``p_t`` of each strategy over one window (``[H]`` each)."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, position in positions_by_strategy.items():
+        position = np.asarray(position, np.float64).reshape(-1)
+        x = np.arange(len(position)) if dates is None else dates[:len(position)]
+        ax.step(x, position, where="post", label=name)
+    ax.axhline(0.0, color="grey", linewidth=0.5)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("day of the window" if dates is None else "date")
+    ax.set_ylabel("position")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -26,7 +26,8 @@ import numpy as np
 
 from metarl_jax import explain, plotting, walk_forward
 from metarl_jax.experiment import MAMLExperimentConfig, ReportContext, build_algorithm, cli_main, write_json
-from metarl_jax.tasks.finance import FEATURE_NAMES, cash_policy, load_arch, risk_control_family, run_episode
+from metarl_jax.tasks.finance import (FEATURE_NAMES, load_arch, risk_control_family, run_episode,
+                                      volatility_targeting_policy)
 from metarl_jax.tasks.finance.data import ARCH_SERIES
 from metarl_jax.training.loop import run as training_run
 from metarl_jax.validation import check_bool, check_int, check_real, require
@@ -148,14 +149,16 @@ class FinanceConfig(MAMLExperimentConfig):
         adapt_tasks, eval_tasks = walk_forward.evaluation_windows(family, jax.random.split(key, 3)[0],
                                                                   self.eval_windows)
         pick = lambda tasks: jax.tree.map(lambda x: x[window], tasks)
-        states = run_episode(family, pick(eval_tasks), cash_policy, key)["obs"]
+        # the states a volatility-targeting trader visits on the window (its positions vary, unlike cash's)
+        vol_target = volatility_targeting_policy(family, self.target_vol)
+        states = run_episode(family, pick(eval_tasks), vol_target, key)["obs"]
         explained = explain.explain_adaptation(context.learner, context.maml_config, context.state.meta_params,
                                                pick(adapt_tasks), key, states, steps=self.evaluated_steps,
                                                num_steps=128)
         plotting.plot_attributions(list(FEATURE_NAMES) + ["position", "time"], explained["before"],
                                    explained["after"], os.path.join(context.run_dir, "attributions.png"),
-                                   title=f"integrated gradients of the position, {asset} window from {dates[0]}: "
-                                         f"before vs after {self.evaluated_steps} inner step(s)")
+                                   title=f"integrated gradients of the position, {asset} window from {dates[0]}\n"
+                                         f"before vs after {self.evaluated_steps} inner step(s) on the {self.horizon} days before")
 
 
 def main(argv: list[str] | None = None) -> int:

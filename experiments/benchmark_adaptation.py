@@ -46,6 +46,7 @@ import numpy as np
 from experiments.maml_acrobot_target import AcrobotTargetConfig
 from experiments.maml_bandit import BanditConfig
 from experiments.maml_cartpole_ac import CartPoleACConfig
+from experiments.maml_finance import FinanceConfig
 from experiments.maml_cartpole_target import CartPoleTargetConfig
 from experiments.maml_maze_q import MazeQConfig
 from experiments.maml_navigation import NavigationConfig
@@ -73,10 +74,11 @@ PAIR_CONFIGS: dict[tuple[str, str], type[MAMLExperimentConfig]] = {
     ("cartpole_target", "ac"): CartPoleACConfig,
     ("acrobot_target", "pg"): AcrobotTargetConfig,
     ("tabular_mdp", "q"): TabularQConfig,
+    ("risk_control", "pg"): FinanceConfig,
 }
 #: One pair per shipped experiment (each family with headroom, each inner learner).
 DEFAULT_PAIRS = ("navigation:pg", "bandit:pg", "tabular_mdp:pg", "tabular_mdp:q", "maze:q", "cartpole_target:pg",
-                 "cartpole_target:ac", "acrobot_target:pg")
+                 "cartpole_target:ac", "acrobot_target:pg", "risk_control:pg")
 #: Initialisations in the order of the tables; the second-order label gets its estimator appended.
 VARIANTS = ("maml", "fo_maml", "random", "multitask")
 
@@ -325,7 +327,9 @@ def run_pair(pair: str, bench: AdaptationBenchmarkConfig) -> dict:
     t0 = time.perf_counter()
     print(f"[{pair}] {type(cfg).__name__}: {cfg.num_iterations} iterations, estimator {cfg.estimator}", flush=True)
     family, learner, maml_config, params, records = train_or_load(cfg, bench, pair)
-    result = adaptation_curves(cfg, family, learner, maml_config, params, bench.optimum_steps)
+    # Held-out tasks come from the config's test family: new draws of the same family, or, for tasks that
+    # are periods of time (risk_control), the period after the training one.
+    result = adaptation_curves(cfg, cfg.make_family("test"), learner, maml_config, params, bench.optimum_steps)
     print(f"  curves done at {time.perf_counter() - t0:.1f}s", flush=True)
     names = labels(maml_config.estimator)
     figure = os.path.join(bench.out_dir, f"adaptation_{slug(pair)}.png")

@@ -135,3 +135,24 @@ def test_the_finance_experiment_runs_end_to_end_on_real_data(tmp_path):
     assert min(starts) >= maml_finance.FinanceConfig().split_day()[0]  # held-out period only, adaptation included
     with open(os.path.join(run_dir, "summary.json")) as f:
         assert "walk_forward" in json.load(f)
+
+
+def test_finance_config_splits_time_and_assets_with_statistics_of_the_training_side_only():
+    from metarl_jax.experiments.maml_finance import FinanceConfig
+    from metarl_jax.tasks.finance import load_arch
+
+    config = FinanceConfig(train_assets=("sp500", "nasdaq"), test_assets=("wti",))
+    train, test = config.make_family("train"), config.make_family("test")
+    split, num_days = config.split_day()
+    data = load_arch(config.assets)
+    assert str(data.dates[split]) == "2011-01-03"  # the first trading day on or after train_end
+    assert train.period == (0, split) and test.period == (split, num_days)
+    assert [data.assets[i] for i in train.asset_ids] == ["sp500", "nasdaq"]
+    assert [data.assets[i] for i in test.asset_ids] == ["wti"]
+    # Normalised with training days of the training assets: their pooled training values have mean ~0, WTI's need not.
+    values = train.features.values[train.features.first_valid:split]
+    assert np.abs(np.nanmean(values[:, :2].reshape(-1, values.shape[-1]), axis=0)).max() < 1e-3
+    everything = FinanceConfig().make_family("test").features.values
+    assert not np.allclose(everything[split:], test.features.values[split:], equal_nan=True)
+    with pytest.raises(ValueError, match=r"test_assets=\('vix',\) is invalid: must be None or a non-empty subset"):
+        FinanceConfig(test_assets=("vix",))

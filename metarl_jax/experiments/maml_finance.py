@@ -18,6 +18,7 @@ held-out window). Needs the ``finance`` extra (``pip install 'metarl-jax[finance
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import ClassVar
 
@@ -26,11 +27,11 @@ import numpy as np
 
 from metarl_jax import explain, plotting, walk_forward
 from metarl_jax.experiment import MAMLExperimentConfig, ReportContext, build_algorithm, cli_main, write_json
-from metarl_jax.tasks.finance import (FEATURE_NAMES, load_arch, risk_control_family, run_episode,
-                                      volatility_targeting_policy)
+from metarl_jax.tasks.finance import (FEATURE_NAMES, RiskControl, clean_prices, fit_normalizer, load_arch,
+                                      market_features, normalize_features, run_episode, volatility_targeting_policy)
 from metarl_jax.tasks.finance.data import ARCH_SERIES
 from metarl_jax.training.loop import run as training_run
-from metarl_jax.validation import check_bool, check_int, check_real, require
+from metarl_jax.validation import check_bool, check_choice, check_int, check_real, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,10 @@ class FinanceConfig(MAMLExperimentConfig):
     eval_tasks: int = 50
     assets: tuple[str, ...] = ("sp500", "nasdaq", "wti")
     """arch series traded (metarl_jax.tasks.finance.ARCH_SERIES' daily ones)"""
+    train_assets: tuple[str, ...] | None = None
+    """assets of the meta-training windows (and of the feature statistics); None: every asset"""
+    test_assets: tuple[str, ...] | None = None
+    """assets of the held-out windows (e.g. one never trained on: across assets as well as time); None: every asset"""
     train_end: str = "2011-01-01"
     """first day of the held-out period: meta-training and feature statistics use only earlier days"""
     eval_windows: int = 100
@@ -69,6 +74,13 @@ class FinanceConfig(MAMLExperimentConfig):
         daily = tuple(name for name, (_, _, frequency) in ARCH_SERIES.items() if frequency == "daily")
         for asset in self.assets:
             require(asset in daily, "assets", self.assets, f"each must be one of the daily series {daily}")
+        for field in ("train_assets", "test_assets"):
+            subset = getattr(self, field)
+            if subset is not None:
+                require(isinstance(subset, (tuple, list)) and len(subset) >= 1
+                        and all(a in self.assets for a in subset), field, subset,
+                        f"must be None or a non-empty subset of assets={self.assets}")
+                object.__setattr__(self, field, tuple(subset))
         try:
             np.datetime64(self.train_end, "D")
         except (TypeError, ValueError):
@@ -88,11 +100,15 @@ class FinanceConfig(MAMLExperimentConfig):
         return split, data.num_days
 
     def make_family(self, split: str = "train"):
-        """Windows before ``train_end`` (``"train"``) or after it (``"test"``), features normalised with the
-        statistics of the training days only."""
+        """Windows of ``train_assets`` before ``train_end`` (``"train"``) or of ``test_assets`` after it
+        (``"test"``), features normalised with the statistics of the training days and assets only."""
+        check_choice("split", split, ("train", "test"))
         first_test, num_days = self.split_day()
-        period = (0, first_test) if split == "train" else (first_test, num_days)
-        return risk_control_family(self.assets, horizon=self.horizon, period=period, train_end=first_test)
+        if split == "train":
+            return RiskControl(_features(self.assets, first_test, self.train_assets), horizon=self.horizon,
+                               period=(0, first_test), assets=self.train_assets)
+        return RiskControl(_features(self.assets, first_test, self.train_assets), horizon=self.horizon,
+                           period=(first_test, num_days), assets=self.test_assets)
 
     def report(self, context: ReportContext) -> dict:
         """The multi-task baseline, the walk-forward table, the equity / position / attribution plots."""
@@ -116,8 +132,9 @@ class FinanceConfig(MAMLExperimentConfig):
         data = load_arch(self.assets)
         first_test, _ = self.split_day()
         title = (f"Walk-forward: {self.eval_windows} held-out windows of {self.horizon} days, "
-                 f"{data.dates[first_test]} .. {data.dates[-1]} ({', '.join(self.assets)}); trained on "
-                 f"{data.dates[0]} .. {data.dates[first_test - 1]}; mean ± 95% CI over windows")
+                 f"{data.dates[first_test]} .. {data.dates[-1]} ({', '.join(self.test_assets or self.assets)}); "
+                 f"trained on {data.dates[0]} .. {data.dates[first_test - 1]} "
+                 f"({', '.join(self.train_assets or self.assets)}); mean ± 95% CI over windows")
         table = walk_forward.format_table(summary)
         paired = "\n".join(f"- reward of {name}: {v['mean']:.4f} ± {v['ci95']:.4f} (paired by window)"
                            for name, v in comparisons.items())
@@ -159,6 +176,13 @@ class FinanceConfig(MAMLExperimentConfig):
                                    explained["after"], os.path.join(context.run_dir, "attributions.png"),
                                    title=f"integrated gradients of the position, {asset} window from {dates[0]}\n"
                                          f"before vs after {self.evaluated_steps} inner step(s) on the {self.horizon} days before")
+
+
+@functools.lru_cache(maxsize=8)
+def _features(assets: tuple[str, ...], train_end: int, train_assets: tuple[str, ...] | None):
+    """The cleaned arch series' features normalised with the statistics of days ``< train_end`` of ``train_assets``."""
+    raw = market_features(clean_prices(load_arch(assets))[0])
+    return normalize_features(raw, fit_normalizer(raw, train_end, assets=train_assets))
 
 
 def main(argv: list[str] | None = None) -> int:

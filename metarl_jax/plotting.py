@@ -128,23 +128,29 @@ def plot_attributions(feature_names, before: np.ndarray, after: np.ndarray, path
     plt.close(fig)
 
 
-def plot_equity_curves(net_by_strategy: dict[str, np.ndarray], path: str, title: str = "equity on a held-out window",
-                       dates: np.ndarray | None = None) -> None:
-    """Equity ``exp(cumsum(net))`` of each strategy over one window (``net``: daily net log-returns ``[H]``)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, net in net_by_strategy.items():
-        net = np.asarray(net, np.float64)
-        x = np.arange(len(net) + 1) if dates is None else dates
-        ax.plot(x, np.exp(np.concatenate([[0.0], np.cumsum(net)])), label=name,
-                linestyle="--" if name.startswith(("hindsight", "cash")) else "-")
-    ax.set_xlabel("day of the window" if dates is None else "date")
-    ax.set_ylabel("equity (start = 1)")
+def _save_window_plot(fig, ax, path: str, ylabel: str, title: str, dated: bool) -> None:
+    """Label a plot over the days of one window (``dated``: the x axis holds dates), save it, close it."""
+    ax.set_xlabel("date" if dated else "day of the window")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_equity_curves(net_by_strategy: dict[str, np.ndarray], path: str, title: str = "equity on a held-out window",
+                       dates: np.ndarray | None = None) -> None:
+    """Equity ``exp(cumsum(net))`` of each strategy over one window (``net``: daily net log-returns ``[H]``;
+    ``dates``: ``[H + 1]``, the start included)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, net in net_by_strategy.items():
+        net = np.asarray(net, np.float64)
+        x = np.arange(len(net) + 1) if dates is None else dates
+        ax.plot(x, np.exp(np.concatenate([[0.0], np.cumsum(net)])), label=name,
+                linestyle="--" if name.startswith(("hindsight", "cash")) else "-")
+    _save_window_plot(fig, ax, path, "equity (start = 1)", title, dates is not None)
 
 
 def plot_positions(positions_by_strategy: dict[str, np.ndarray], path: str, title: str = "position over the window",
@@ -157,11 +163,4 @@ def plot_positions(positions_by_strategy: dict[str, np.ndarray], path: str, titl
         ax.step(x, position, where="post", label=name)
     ax.axhline(0.0, color="grey", linewidth=0.5)
     ax.set_ylim(-1.05, 1.05)
-    ax.set_xlabel("day of the window" if dates is None else "date")
-    ax.set_ylabel("position")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_window_plot(fig, ax, path, "position", title, dates is not None)

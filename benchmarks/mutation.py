@@ -145,6 +145,23 @@ TESTS: dict[str, list[str]] = {
     "metarl_jax/validation.py": [
         "tests/test_validation.py",
     ],
+    "metarl_jax/walk_forward.py": [  # the finance experiment end to end is left out (25 s)
+        "tests/test_walk_forward.py::test_window_metrics_follow_their_formulas",
+        "tests/test_walk_forward.py::test_each_evaluation_window_adapts_on_the_window_just_before_it_inside_the_period",
+        "tests/test_walk_forward.py::test_walk_forward_rows_and_the_hindsight_bound",
+        "tests/test_walk_forward.py::test_adaptation_reads_no_price_of_the_window_it_is_evaluated_on",
+        "tests/test_walk_forward.py::test_metric_and_family_edges_a_mutation_run_found_untested",
+    ],
+    "metarl_jax/tasks/finance/risk_control.py": [
+        "tests/test_finance.py",
+        "tests/test_walk_forward.py::test_metric_and_family_edges_a_mutation_run_found_untested",
+    ],
+    "metarl_jax/tasks/finance/data.py": [
+        "tests/test_finance.py",
+    ],
+    "metarl_jax/explain.py": [
+        "tests/test_explain.py",
+    ],
 }
 
 # The core modules `make mutation` runs (outer.py and validation.py are in the table for one-off runs).

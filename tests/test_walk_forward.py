@@ -156,3 +156,25 @@ def test_finance_config_splits_time_and_assets_with_statistics_of_the_training_s
     assert not np.allclose(everything[split:], test.features.values[split:], equal_nan=True)
     with pytest.raises(ValueError, match=r"test_assets=\('vix',\) is invalid: must be None or a non-empty subset"):
         FinanceConfig(test_assets=("vix",))
+
+
+def test_metric_and_family_edges_a_mutation_run_found_untested():
+    """Drawdown counts from the window's start (a window that only loses has one); a period too short
+    for an adaptation window and its evaluation window is refused; an empty period is refused; with
+    zero volatility, volatility targeting is fully invested."""
+    losing = walk_forward.window_metrics(jnp.full(5, -0.01), jnp.zeros(5), jnp.zeros(5, bool), jnp.zeros(5))
+    assert float(losing["max_drawdown"]) == pytest.approx(1 - np.exp(-0.05), rel=1e-5)
+    with pytest.raises(ValueError, match="must hold two consecutive windows of horizon=10"):
+        walk_forward.evaluation_windows(_family(_prices(), period=(100, 120)), jax.random.PRNGKey(0), 4)
+    prices = _prices()
+    data = MarketData(dates=_business_days(len(prices)), prices=prices, assets=("a", "b"))
+    features = normalize_features(market_features(data, vol_window=10, momentum_window=20),
+                                  fit_normalizer(market_features(data, vol_window=10, momentum_window=20), 100))
+    with pytest.raises(ValueError, match=r"period\[1\]=120 is invalid"):
+        RiskControl(features, horizon=HORIZON, period=(120, 120))
+    from metarl_jax.tasks.finance import run_episode, volatility_targeting_policy
+
+    flat = np.full((200, 2), 50.0)  # constant prices: zero volatility every day
+    family = _family(flat)
+    record = run_episode(family, family.default_params, volatility_targeting_policy(family, 0.01), jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(np.asarray(record["position"]), 1.0)

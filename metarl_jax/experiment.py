@@ -21,7 +21,6 @@ import sys
 from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 

@@ -110,7 +110,8 @@ def walk_forward(family: RiskControl, learner, maml_config: MAMLConfig, meta_par
                  num_windows: int = 100, steps: int | None = None, multitask_params: Any = None,
                  target_vol: float = 0.01) -> dict[str, dict[str, np.ndarray]]:
     """Every strategy on ``num_windows`` held-out windows of ``family``: ``{strategy: {metric: [N], "net": [N, H],
-    "position": [N, H]}}`` (numpy).
+    "position": [N, H]}}`` (numpy), plus ``"_windows"`` (each window's start, asset, adaptation start and
+    hindsight position) and ``"_tasks"`` (``{"adapt", "eval"}``: the evaluated task pytrees).
 
     ``meta_params``: the meta-learned start (``meta_params["policy"]`` are the policy's parameters);
     ``steps``: the inner steps of the ``maml k=0..steps`` rows (default ``maml_config.inner_steps``),
@@ -142,6 +143,7 @@ def walk_forward(family: RiskControl, learner, maml_config: MAMLConfig, meta_par
     out = {name: {m: np.asarray(v) for m, v in r.items()} for name, r in results.items()}
     out["_windows"] = {"start": np.asarray(eval_tasks.start), "asset": np.asarray(eval_tasks.asset),
                        "adapt_start": np.asarray(adapt_tasks.start), "hindsight_position": np.asarray(best)}
+    out["_tasks"] = {"adapt": adapt_tasks, "eval": eval_tasks}  # the task pytrees themselves
     return out
 
 

@@ -18,7 +18,6 @@ held-out window). Needs the ``finance`` extra (``pip install 'metarl-jax[finance
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import ClassVar
 
@@ -27,8 +26,8 @@ import numpy as np
 
 from metarl_jax import explain, plotting, walk_forward
 from metarl_jax.experiment import MAMLExperimentConfig, ReportContext, build_algorithm, cli_main, write_json
-from metarl_jax.tasks.finance import (FEATURE_NAMES, RiskControl, clean_prices, fit_normalizer, load_arch,
-                                      market_features, normalize_features, run_episode, volatility_targeting_policy)
+from metarl_jax.tasks.finance import (FEATURE_NAMES, load_arch, risk_control_family, run_episode,
+                                      volatility_targeting_policy)
 from metarl_jax.tasks.finance.data import ARCH_SERIES
 from metarl_jax.training.loop import run as training_run
 from metarl_jax.validation import check_bool, check_choice, check_int, check_real, require
@@ -104,11 +103,10 @@ class FinanceConfig(MAMLExperimentConfig):
         (``"test"``), features normalised with the statistics of the training days and assets only."""
         check_choice("split", split, ("train", "test"))
         first_test, num_days = self.split_day()
-        if split == "train":
-            return RiskControl(_features(self.assets, first_test, self.train_assets), horizon=self.horizon,
-                               period=(0, first_test), assets=self.train_assets)
-        return RiskControl(_features(self.assets, first_test, self.train_assets), horizon=self.horizon,
-                           period=(first_test, num_days), assets=self.test_assets)
+        period, tradable = ((0, first_test), self.train_assets) if split == "train" else \
+            ((first_test, num_days), self.test_assets)
+        return risk_control_family(self.assets, horizon=self.horizon, period=period, train_end=first_test,
+                                   statistics_assets=self.train_assets, tradable=tradable)
 
     def report(self, context: ReportContext) -> dict:
         """The multi-task baseline, the walk-forward table, the equity / position / attribution plots."""
@@ -163,8 +161,7 @@ class FinanceConfig(MAMLExperimentConfig):
         plotting.plot_positions({n: results[n]["position"][window] for n in shown if n != "cash"},
                                 os.path.join(context.run_dir, "positions.png"),
                                 title=f"{asset}: position over the held-out window", dates=dates[:-1])
-        adapt_tasks, eval_tasks = walk_forward.evaluation_windows(family, jax.random.split(key, 3)[0],
-                                                                  self.eval_windows)
+        adapt_tasks, eval_tasks = results["_tasks"]["adapt"], results["_tasks"]["eval"]
         pick = lambda tasks: jax.tree.map(lambda x: x[window], tasks)
         # the states a volatility-targeting trader visits on the window (its positions vary, unlike cash's)
         vol_target = volatility_targeting_policy(family, self.target_vol)
@@ -176,13 +173,6 @@ class FinanceConfig(MAMLExperimentConfig):
                                    explained["after"], os.path.join(context.run_dir, "attributions.png"),
                                    title=f"integrated gradients of the position, {asset} window from {dates[0]}\n"
                                          f"before vs after {self.evaluated_steps} inner step(s) on the {self.horizon} days before")
-
-
-@functools.lru_cache(maxsize=8)
-def _features(assets: tuple[str, ...], train_end: int, train_assets: tuple[str, ...] | None):
-    """The cleaned arch series' features normalised with the statistics of days ``< train_end`` of ``train_assets``."""
-    raw = market_features(clean_prices(load_arch(assets))[0])
-    return normalize_features(raw, fit_normalizer(raw, train_end, assets=train_assets))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -392,22 +392,27 @@ def risk_control_family(
     train_end: int | None = None,
     vol_window: int = 20,
     momentum_window: int = 50,
+    statistics_assets: Sequence[str] | None = None,
+    tradable: Sequence[str] | None = None,
     **kwargs,
 ) -> RiskControl:
     """:class:`RiskControl` on the ``arch`` series (``make_family("risk_control", ...)``).
 
     :func:`~metarl_jax.tasks.finance.data.load_arch` -> :func:`clean_prices` -> :func:`market_features`
-    -> features normalised with statistics of the days ``< train_end`` (all assets). ``train_end``
+    -> features normalised with statistics of the days ``< train_end`` of ``statistics_assets``
+    (default: all loaded ``assets``; a cross-asset split passes the training assets). ``train_end``
     defaults to the end of ``period`` (the family's own days); a held-out family must pass the
-    training period's end. ``kwargs`` go to :class:`RiskControl`. Needs the ``finance`` extra.
+    training period's end. ``tradable``: the assets tasks draw from (:class:`RiskControl`'s
+    ``assets``; default all). ``kwargs`` go to :class:`RiskControl`. Needs the ``finance`` extra.
     """
     features = _arch_features(tuple(assets) if isinstance(assets, list) else assets, vol_window, momentum_window)
     if train_end is None:
         require(period is None or (isinstance(period, (tuple, list)) and len(period) == 2), "period", period,
                 "must be a pair (lo, hi) of day indices")
         train_end = features.num_days if period is None else period[1]
-    normalized = _normalized(features, train_end)
-    return RiskControl(normalized, horizon=horizon, period=period, **kwargs)
+    stats_assets = None if statistics_assets is None else tuple(statistics_assets)
+    normalized = _normalized(features, train_end, stats_assets)
+    return RiskControl(normalized, horizon=horizon, period=period, assets=tradable, **kwargs)
 
 
 @functools.lru_cache(maxsize=8)
@@ -418,6 +423,7 @@ def _arch_features(assets: tuple[str, ...], vol_window: int, momentum_window: in
 
 
 @functools.lru_cache(maxsize=16)
-def _normalized(features: Features, train_end: int) -> Features:
-    """``features`` normalised with the statistics of the days ``< train_end`` (cached per object)."""
-    return normalize_features(features, fit_normalizer(features, train_end))
+def _normalized(features: Features, train_end: int, assets: tuple[str, ...] | None = None) -> Features:
+    """``features`` normalised with the statistics of the days ``< train_end`` of ``assets`` (all: ``None``;
+    cached per object)."""
+    return normalize_features(features, fit_normalizer(features, train_end, assets=assets))
